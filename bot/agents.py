@@ -1,0 +1,195 @@
+"""Agents: registration by operators (CLI), token checks, heartbeat and the agent's own status."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import select
+
+from bot import audit, caps, policy
+from bot.errors import Invalid, NotFound, Unauthorized
+from bot.runtime import Runtime
+from storage import queries
+from storage.db import transaction
+from storage.tables import Agent, AgentToken
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return "cs_" + secrets.token_urlsafe(32)
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks secret: `whsec_` + base64 of 24 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    token: str
+    callback_secret: str
+
+
+def add(rt: Runtime, *, name: str, categories: list[str], callback_prefixes: list[str]) -> Registered:
+    """Register an agent; its token and callback secret are returned once and stored hashed/kept."""
+    if not NAME_RE.match(name):
+        raise Invalid(
+            "agent names are lowercase slugs: a-z, 0-9, '-' and '_', up to 40 characters", field="name"
+        )
+    unknown = [c for c in categories if c not in rt.config.categories]
+    if unknown:
+        raise Invalid(f"unknown categories: {', '.join(unknown)}", field="categories")
+    if not categories:
+        raise Invalid("an agent needs at least one category", field="categories")
+    for prefix in callback_prefixes:
+        if not re.match(r"^https?://[^/\s]+/", prefix):
+            raise Invalid(f"callback prefix must be an http(s) URL ending its host with '/': {prefix}")
+    token, secret = new_token(), new_webhook_secret()
+    now = rt.clock()
+    with transaction(rt.engine) as session:
+        if session.exec(select(Agent).where(Agent.name == name)).first() is not None:
+            raise Invalid(f"agent {name!r} already exists", field="name")
+        agent = Agent(
+            name=name,
+            categories=",".join(categories),
+            callback_prefixes=json.dumps(callback_prefixes),
+            callback_secret=secret,
+            created_at=now,
+        )
+        session.add(agent)
+        session.flush()
+        session.add(AgentToken(agent_id=agent.id, token_hash=hash_token(token), created_at=now))  # type: ignore[arg-type]
+        audit.append(
+            session,
+            at=now,
+            actor="operator:cli",
+            action="agent.added",
+            subject=f"agent:{name}",
+            after={"categories": categories, "callback_prefixes": callback_prefixes},
+        )
+    return Registered(name=name, token=token, callback_secret=secret)
+
+
+def list_all(rt: Runtime) -> list[Agent]:
+    with transaction(rt.engine) as session:
+        return list(session.exec(select(Agent).order_by(Agent.name)).all())
+
+
+def rotate(rt: Runtime, *, name: str) -> str:
+    """Revoke every token of the agent and issue a new one."""
+    token = new_token()
+    now = rt.clock()
+    with transaction(rt.engine) as session:
+        agent = _by_name(rt, name, session)
+        session.execute(
+            sa.update(AgentToken)
+            .where(AgentToken.agent_id == agent.id, AgentToken.revoked_at.is_(None))  # type: ignore[arg-type,union-attr]
+            .values(revoked_at=now)
+        )
+        session.add(AgentToken(agent_id=agent.id, token_hash=hash_token(token), created_at=now))  # type: ignore[arg-type]
+        audit.append(
+            session, at=now, actor="operator:cli", action="agent.token_rotated", subject=f"agent:{name}"
+        )
+    return token
+
+
+def remove(rt: Runtime, *, name: str) -> None:
+    """Revoke the agent's tokens for good; its drafts and audit trail stay."""
+    now = rt.clock()
+    with transaction(rt.engine) as session:
+        agent = _by_name(rt, name, session)
+        session.execute(
+            sa.update(AgentToken)
+            .where(AgentToken.agent_id == agent.id, AgentToken.revoked_at.is_(None))  # type: ignore[arg-type,union-attr]
+            .values(revoked_at=now)
+        )
+        agent.categories = ""
+        session.add(agent)
+        audit.append(session, at=now, actor="operator:cli", action="agent.removed", subject=f"agent:{name}")
+
+
+def _by_name(rt: Runtime, name: str, session: Any) -> Agent:
+    agent: Agent | None = session.exec(select(Agent).where(Agent.name == name)).first()
+    if agent is None:
+        raise NotFound(f"no agent named {name!r}")
+    return agent
+
+
+def authenticate(rt: Runtime, token: str) -> Agent:
+    """The agent a bearer token belongs to; 401 for anything else."""
+    with transaction(rt.engine) as session:
+        agent = queries.agent_for_token(session, hash_token(token))
+    if agent is None or not agent.categories:
+        raise Unauthorized("unknown or revoked agent token")
+    return agent
+
+
+def heartbeat(rt: Runtime, *, agent: Agent) -> dict[str, Any]:
+    """Record that the agent is alive; an offline agent comes back online, audited."""
+    now = rt.clock()
+    with transaction(rt.engine) as session:
+        was_offline = queries.set_heartbeat(session, agent.id, now)  # type: ignore[arg-type]
+        if was_offline:
+            audit.append(
+                session,
+                at=now,
+                actor=f"agent:{agent.name}",
+                action="agent.online",
+                subject=f"agent:{agent.name}",
+                before={"offline": True},
+                after={"offline": False},
+            )
+            if rt.config.alerts_channel:
+                queries.enqueue(
+                    session,
+                    "slack.alert",
+                    {
+                        "text": f":large_green_circle: Agent *{agent.name}* is back online (heartbeat received)."
+                    },
+                    now=now,
+                )
+    if was_offline:
+        rt.wake_outbox()
+    return {"ok": True, "at": now.isoformat()}
+
+
+def me(rt: Runtime, *, agent: Agent) -> dict[str, Any]:
+    """The agent's state and today's mode and cap usage per allowed category."""
+    now = rt.clock()
+    with transaction(rt.engine) as session:
+        fresh = session.get(Agent, agent.id)
+        if fresh is None:
+            raise Unauthorized("agent removed")
+        names = [c for c in fresh.categories.split(",") if c in rt.config.categories]
+        controls = queries.get_controls(session, ["pause:all", *[f"mode:{c}" for c in names]])
+        categories: dict[str, Any] = {}
+        for name in names:
+            usage = caps.usage(session, rt.config, rt.config.categories[name], now)
+            mode = controls.get(f"mode:{name}")
+            categories[name] = {
+                "mode": "manual" if policy.is_manual(mode, now) else "review",
+                "count_cap": usage.count_cap,
+                "count_used": usage.count_used,
+                "amount_cap": None
+                if usage.amount_cap_minor is None
+                else str(policy.from_minor(usage.amount_cap_minor, usage.exponent)),
+                "amount_used": str(policy.from_minor(usage.amount_used_minor, usage.exponent)),
+                "currency": usage.currency,
+            }
+    paused_all = controls.get("pause:all")
+    state = "paused" if fresh.state == "paused" or paused_all else ("offline" if fresh.offline else "active")
+    reason = fresh.paused_reason if fresh.state == "paused" else (paused_all or {}).get("reason")
+    return {"name": fresh.name, "state": state, "reason": reason, "categories": categories}

@@ -1,0 +1,186 @@
+"""The hash-chained audit log: append inside the caller's transaction, verify, export.
+
+Each row's hash covers a canonical JSON of its fields and the previous row's hash, so an
+edited, deleted or reordered row breaks the chain at that row.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from storage.db import lock_audit_chain
+from storage.tables import AuditEvent
+
+GENESIS = "0" * 64
+
+
+def canonical(value: Any) -> str:
+    """The one JSON spelling hashed and stored: sorted keys, no spaces, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def row_hash(
+    *,
+    seq: int,
+    at: datetime,
+    actor: str,
+    action: str,
+    subject: str,
+    before: str,
+    after: str,
+    outcome: str,
+    prev_hash: str,
+) -> str:
+    fields = {
+        "seq": seq,
+        "at": at.isoformat(timespec="microseconds"),
+        "actor": actor,
+        "action": action,
+        "subject": subject,
+        "before": before,
+        "after": after,
+        "outcome": outcome,
+        "prev_hash": prev_hash,
+    }
+    return hashlib.sha256(canonical(fields).encode()).hexdigest()
+
+
+def append(
+    session: Session,
+    *,
+    at: datetime,
+    actor: str,
+    action: str,
+    subject: str,
+    before: Any = None,
+    after: Any = None,
+    outcome: str = "ok",
+) -> AuditEvent:
+    """Append one event in the caller's transaction, after taking the chain lock."""
+    lock_audit_chain(session)
+    last = session.execute(
+        sa.select(AuditEvent.seq, AuditEvent.hash).order_by(sa.desc(AuditEvent.seq)).limit(1)  # type: ignore[arg-type]
+    ).first()
+    seq, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS)
+    at = at.replace(microsecond=at.microsecond)
+    before_json, after_json = canonical(before), canonical(after)
+    digest = row_hash(
+        seq=seq,
+        at=at,
+        actor=actor,
+        action=action,
+        subject=subject,
+        before=before_json,
+        after=after_json,
+        outcome=outcome,
+        prev_hash=prev_hash,
+    )
+    event = AuditEvent(
+        seq=seq,
+        at=at,
+        actor=actor,
+        action=action,
+        subject=subject,
+        before=before_json,
+        after=after_json,
+        outcome=outcome,
+        prev_hash=prev_hash,
+        hash=digest,
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    rows: int
+    head_seq: int
+    head_hash: str
+    bad_seq: int | None = None
+    problem: str | None = None
+
+
+def verify(engine: Engine) -> Verification:
+    """Walk the chain from the first row; report the first row that does not fit."""
+    expected_seq, prev_hash, rows = 1, GENESIS, 0
+    with Session(engine) as session:
+        for event in session.exec(select(AuditEvent).order_by(AuditEvent.seq)).yield_per(1000):  # type: ignore[arg-type]
+            rows += 1
+            if event.seq != expected_seq:
+                return Verification(
+                    False, rows, expected_seq - 1, prev_hash, event.seq, f"row {expected_seq} is missing"
+                )
+            if event.prev_hash != prev_hash:
+                return Verification(
+                    False,
+                    rows,
+                    event.seq - 1,
+                    prev_hash,
+                    event.seq,
+                    "prev_hash does not match the row before",
+                )
+            recomputed = row_hash(
+                seq=event.seq,
+                at=event.at,
+                actor=event.actor,
+                action=event.action,
+                subject=event.subject,
+                before=event.before,
+                after=event.after,
+                outcome=event.outcome,
+                prev_hash=event.prev_hash,
+            )
+            if recomputed != event.hash:
+                return Verification(
+                    False, rows, event.seq - 1, prev_hash, event.seq, "row content does not match its hash"
+                )
+            expected_seq, prev_hash = event.seq + 1, event.hash
+    return Verification(True, rows, expected_seq - 1, prev_hash)
+
+
+def head(session: Session) -> tuple[int, str]:
+    """The chain head (sequence, hash): the digest publishes it as an outside witness."""
+    last = session.execute(
+        sa.select(AuditEvent.seq, AuditEvent.hash).order_by(sa.desc(AuditEvent.seq)).limit(1)  # type: ignore[arg-type]
+    ).first()
+    return (last[0], last[1]) if last else (0, GENESIS)
+
+
+EXPORT_FIELDS = ("seq", "at", "actor", "action", "subject", "before", "after", "outcome", "prev_hash", "hash")
+
+
+def export(engine: Engine, *, since: datetime | None, fmt: str) -> Iterator[str]:
+    """Yield the log as JSON lines or CSV (header first), oldest first."""
+    query = select(AuditEvent).order_by(AuditEvent.seq)  # type: ignore[arg-type]
+    if since is not None:
+        query = query.where(AuditEvent.at >= since)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(EXPORT_FIELDS)
+        yield buffer.getvalue()
+    with Session(engine) as session:
+        for event in session.exec(query).yield_per(1000):
+            record = {name: getattr(event, name) for name in EXPORT_FIELDS}
+            record["at"] = event.at.isoformat()
+            if fmt == "csv":
+                buffer = io.StringIO()
+                csv.writer(buffer, lineterminator="\n").writerow(record[name] for name in EXPORT_FIELDS)
+                yield buffer.getvalue()
+            else:
+                record["before"] = json.loads(event.before)
+                record["after"] = json.loads(event.after)
+                yield json.dumps(record, ensure_ascii=False) + "\n"

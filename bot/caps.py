@@ -1,0 +1,76 @@
+"""Daily caps per category: the effective limits (config or a human override) and today's usage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlmodel import Session
+
+from bot import policy
+from bot.settings import Category, Config, currency_exponent
+from storage import queries
+
+
+def scope(category: str) -> str:
+    return f"category:{category}"
+
+
+@dataclass(frozen=True)
+class Usage:
+    category: str
+    day: str
+    currency: str
+    exponent: int
+    count_cap: int | None
+    amount_cap_minor: int | None
+    count_used: int
+    amount_used_minor: int
+
+    @property
+    def check(self) -> policy.CapCheck:
+        return policy.CapCheck(self.count_cap, self.amount_cap_minor, self.count_used, self.amount_used_minor)
+
+    def describe(self) -> str:
+        """One line for Slack and refusals, e.g. `3/20 today · 90.00/500.00 USD`."""
+        parts = [f"{self.count_used}/{self.count_cap if self.count_cap is not None else '∞'} today"]
+        if self.amount_cap_minor is not None or self.amount_used_minor:
+            used = policy.from_minor(self.amount_used_minor, self.exponent)
+            cap = (
+                "∞"
+                if self.amount_cap_minor is None
+                else policy.from_minor(self.amount_cap_minor, self.exponent)
+            )
+            parts.append(f"{used}/{cap} {self.currency}")
+        return " · ".join(parts)
+
+
+def limits(session: Session, category: Category) -> tuple[int | None, int | None]:
+    """(count cap, amount cap in minor units): a human override from `/agent cap` wins over config."""
+    exponent = currency_exponent(category.currency)
+    count_cap = category.daily_count_cap
+    amount_cap = (
+        None if category.daily_amount_cap is None else policy.to_minor(category.daily_amount_cap, exponent)
+    )
+    override = queries.get_control(session, f"cap:{category.name}")
+    if override:
+        count_cap = override.get("count_cap", count_cap)
+        amount_cap = override.get("amount_cap_minor", amount_cap)
+    return count_cap, amount_cap
+
+
+def usage(session: Session, config: Config, category: Category, now: datetime) -> Usage:
+    """Today's usage of one category in the configured zone."""
+    day = policy.cap_day(now, config.timezone)
+    count_cap, amount_cap = limits(session, category)
+    count_used, amount_used = queries.cap_usage(session, scope(category.name), day)
+    return Usage(
+        category=category.name,
+        day=day,
+        currency=category.currency,
+        exponent=currency_exponent(category.currency),
+        count_cap=count_cap,
+        amount_cap_minor=amount_cap,
+        count_used=count_used,
+        amount_used_minor=amount_used,
+    )

@@ -1,0 +1,197 @@
+"""The `countersign` command: a thin CLI over the use-cases.
+
+Exit codes: 0 ok, 1 operational failure, 2 usage or config error (missing credentials included).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from bot.errors import CountersignError
+from bot.runtime import Runtime
+from bot.settings import ConfigError, Settings, check_config, load_settings, missing_slack_credentials
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Slack-native approval gate for AI agents."
+)
+agents_app = typer.Typer(no_args_is_help=True, help="Register and manage agents.")
+audit_app = typer.Typer(no_args_is_help=True, help="Verify and export the audit log.")
+db_app = typer.Typer(no_args_is_help=True, help="Database maintenance.")
+app.add_typer(agents_app, name="agents")
+app.add_typer(audit_app, name="audit")
+app.add_typer(db_app, name="db")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        fail(f"invalid configuration:\n{exc}", 2)
+
+
+def runtime(settings: Settings) -> Runtime:
+    from storage import migrate
+    from storage.db import create_db_engine
+
+    engine = create_db_engine(settings.database_url)
+    migrate.upgrade(engine)
+    return Runtime(engine=engine, config=settings.config)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
+    socket_mode: Annotated[
+        bool, typer.Option("--socket-mode", help="Receive Slack over Socket Mode.")
+    ] = False,
+) -> None:
+    """Run the agent API, the Slack app and the background workers."""
+    settings = settings_or_exit()
+    missing = missing_slack_credentials(settings, socket_mode=socket_mode)
+    if missing:
+        fail("\n".join(missing), 2)
+    from bot.server import run
+
+    logging.basicConfig(level=os.environ.get("COUNTERSIGN_LOG_LEVEL", "INFO"))
+    run(settings, host=host, port=port, socket_mode=socket_mode)
+
+
+@app.command("check-config")
+def check_config_command() -> None:
+    """Validate the config file and print every problem found."""
+    path = Path(os.environ.get("COUNTERSIGN_CONFIG", "countersign.toml"))
+    problems = check_config(path, os.environ)
+    if problems:
+        for problem in problems:
+            typer.echo(str(problem), err=True)
+        fail(f"{len(problems)} problem(s) found in {path}", 2)
+    typer.echo(f"{path}: ok")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations."""
+    from storage import migrate
+    from storage.db import create_db_engine
+
+    url = os.environ.get("COUNTERSIGN_DATABASE_URL", "sqlite:///countersign.db")
+    migrate.upgrade(create_db_engine(url))
+    typer.echo("database is up to date")
+
+
+@agents_app.command("add")
+def agents_add(
+    name: str,
+    categories: Annotated[str, typer.Option(help="Comma-separated categories the agent may submit to.")],
+    callback_prefix: Annotated[
+        list[str] | None,
+        typer.Option(help="URL prefix the agent's callback_url must start with (repeatable)."),
+    ] = None,
+) -> None:
+    """Register an agent; prints its token and callback signing secret once."""
+    from bot import agents
+
+    rt = runtime(settings_or_exit())
+    names = [c.strip() for c in categories.split(",") if c.strip()]
+    try:
+        registered = agents.add(rt, name=name, categories=names, callback_prefixes=callback_prefix or [])
+    except CountersignError as exc:
+        fail(exc.message, 2)
+    typer.echo(f"agent: {registered.name}")
+    typer.echo(f"token: {registered.token}")
+    typer.echo(f"callback_secret: {registered.callback_secret}")
+    typer.echo("Store both now: they are not shown again.", err=True)
+
+
+@agents_app.command("list")
+def agents_list() -> None:
+    """List agents with their state and categories."""
+    from bot import agents
+
+    rt = runtime(settings_or_exit())
+    for agent in agents.list_all(rt):
+        state = "removed" if not agent.categories else agent.state + (" (offline)" if agent.offline else "")
+        typer.echo(f"{agent.name}\t{state}\t{agent.categories or '-'}")
+
+
+@agents_app.command("rotate")
+def agents_rotate(name: str) -> None:
+    """Revoke the agent's token and print a new one."""
+    from bot import agents
+
+    rt = runtime(settings_or_exit())
+    try:
+        token = agents.rotate(rt, name=name)
+    except CountersignError as exc:
+        fail(exc.message, 2)
+    typer.echo(f"token: {token}")
+
+
+@agents_app.command("remove")
+def agents_remove(name: str) -> None:
+    """Revoke the agent's tokens; its drafts and audit trail stay."""
+    from bot import agents
+
+    rt = runtime(settings_or_exit())
+    try:
+        agents.remove(rt, name=name)
+    except CountersignError as exc:
+        fail(exc.message, 2)
+    typer.echo(f"removed {name}")
+
+
+def parse_since(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"not a date: {text!r} (use YYYY-MM-DD or an ISO 8601 datetime)", 2)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain; exit 1 naming the first bad row."""
+    from bot import audit
+    from storage.db import create_db_engine
+
+    url = os.environ.get("COUNTERSIGN_DATABASE_URL", "sqlite:///countersign.db")
+    result = audit.verify(create_db_engine(url))
+    if not result.ok:
+        fail(f"audit chain broken at row {result.bad_seq}: {result.problem}", 1)
+    typer.echo(f"audit chain ok: {result.rows} rows, head {result.head_seq} {result.head_hash}")
+
+
+@audit_app.command("export")
+def audit_export(
+    since: Annotated[str | None, typer.Option(help="Only events at or after this date (YYYY-MM-DD).")] = None,
+    format: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
+) -> None:
+    """Write the audit log to stdout."""
+    from bot import audit
+    from storage.db import create_db_engine
+
+    if format not in ("jsonl", "csv"):
+        fail("--format must be jsonl or csv", 2)
+    url = os.environ.get("COUNTERSIGN_DATABASE_URL", "sqlite:///countersign.db")
+    for chunk in audit.export(create_db_engine(url), since=parse_since(since), fmt=format):
+        sys.stdout.write(chunk)
+
+
+def main() -> None:
+    """Entry point of the console script and `python -m bot`."""
+    app()

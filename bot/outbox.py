@@ -1,0 +1,145 @@
+"""The outbox worker: claims durable jobs atomically and delivers them with retries.
+
+A job is leased, not owned: if this process dies mid-delivery the lease runs out and any
+replica takes the job again, so every handler must be safe to run more than once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from bot.runtime import Runtime
+from storage import queries
+from storage.db import transaction
+from storage.tables import OutboxJob
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[OutboxJob], Awaitable[None]]
+GiveUp = Callable[[OutboxJob, str], Awaitable[None]]
+
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 300.0
+
+
+class Permanent(Exception):
+    """The target refused for good (e.g. HTTP 400/401/403/404/422): retrying cannot help."""
+
+
+class RetryLater(Exception):
+    """A temporary failure; `retry_after` seconds is the target's own request (Retry-After)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def backoff(attempt: int, *, rng: random.Random | None = None) -> float:
+    """Exponential backoff with jitter: between half and all of base·2^(attempt-1), capped."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempt - 1))
+    return ceiling * (0.5 + 0.5 * (rng or random).random())
+
+
+@dataclass
+class Worker:
+    rt: Runtime
+    handlers: dict[str, Handler]
+    give_up: dict[str, GiveUp] = field(default_factory=dict)
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{random.getrandbits(32):08x}")
+    lease: timedelta = timedelta(seconds=60)
+    batch: int = 16
+    poll_interval: float = 0.5
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Start the next claim at once; safe to call from any thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self) -> None:
+        """Claim and deliver until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        while True:
+            try:
+                done = await self.run_once()
+            except Exception:
+                log.exception("outbox claim failed")
+                done = 0
+            if done == 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+
+    async def run_once(self) -> int:
+        """Claim one batch and deliver it; the number of jobs taken."""
+        jobs = await asyncio.to_thread(
+            queries.claim_jobs,
+            self.rt.engine,
+            worker=self.worker_id,
+            now=self.rt.clock(),
+            lease=self.lease,
+            limit=self.batch,
+        )
+        if jobs:
+            await asyncio.gather(*(self._deliver(job) for job in jobs))
+        return len(jobs)
+
+    async def _deliver(self, job: OutboxJob) -> None:
+        handler = self.handlers.get(job.kind)
+        try:
+            if handler is None:
+                raise Permanent(f"no handler for job kind {job.kind!r}")
+            await asyncio.wait_for(handler(job), timeout=self.lease.total_seconds() * 0.8)
+        except Permanent as exc:
+            await self._failed(job, f"permanent: {exc}", retry=False)
+        except RetryLater as exc:
+            await self._failed(job, str(exc), retry=True, retry_after=exc.retry_after)
+        except Exception as exc:
+            log.warning("outbox job %s (%s) attempt %s failed: %r", job.id, job.kind, job.attempts, exc)
+            await self._failed(job, f"{type(exc).__name__}: {exc}", retry=True)
+        else:
+            await asyncio.to_thread(self._finish, job)
+
+    def _finish(self, job: OutboxJob) -> None:
+        with transaction(self.rt.engine) as session:
+            queries.finish_job(session, job.id, worker=self.worker_id, now=self.rt.clock())  # type: ignore[arg-type]
+
+    async def _failed(
+        self, job: OutboxJob, error: str, *, retry: bool, retry_after: float | None = None
+    ) -> None:
+        now = self.rt.clock()
+        retry_at: datetime | None = None
+        if retry and job.attempts < job.max_attempts:
+            delay = max(backoff(job.attempts), retry_after or 0.0)
+            retry_at = now + timedelta(seconds=delay)
+
+        def record() -> None:
+            with transaction(self.rt.engine) as session:
+                queries.fail_job(
+                    session,
+                    job.id,  # type: ignore[arg-type]
+                    worker=self.worker_id,
+                    error=error,
+                    retry_at=retry_at,
+                    now=now,
+                )
+
+        await asyncio.to_thread(record)
+        if retry_at is None:
+            log.error(
+                "outbox job %s (%s) gave up after %s attempts: %s", job.id, job.kind, job.attempts, error
+            )
+            give_up = self.give_up.get(job.kind)
+            if give_up is not None:
+                try:
+                    await give_up(job, error)
+                except Exception:
+                    log.exception("give-up hook of job %s failed", job.id)

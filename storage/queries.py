@@ -1,0 +1,242 @@
+"""The atomic operations: conditional transitions, cap reservation, outbox enqueue and claim.
+
+Every decision that must hold under concurrency is one statement whose WHERE clause checks
+the old state; the caller learns from the row count whether it won.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from storage.db import transaction
+from storage.tables import Agent, AgentToken, CapUsage, ControlState, Draft, OutboxJob
+
+draft_t = Draft.__table__  # type: ignore[attr-defined]
+agent_t = Agent.__table__  # type: ignore[attr-defined]
+token_t = AgentToken.__table__  # type: ignore[attr-defined]
+cap_t = CapUsage.__table__  # type: ignore[attr-defined]
+control_t = ControlState.__table__  # type: ignore[attr-defined]
+job_t = OutboxJob.__table__  # type: ignore[attr-defined]
+
+
+def agent_for_token(session: Session, token_hash: str) -> Agent | None:
+    """The agent whose live token hashes to `token_hash`."""
+    row = session.execute(
+        sa.select(Agent)
+        .join(AgentToken, AgentToken.agent_id == Agent.id)  # type: ignore[arg-type]
+        .where(AgentToken.token_hash == token_hash, AgentToken.revoked_at.is_(None))  # type: ignore[union-attr]
+    ).first()
+    return row[0] if row else None
+
+
+def set_heartbeat(session: Session, agent_id: int, now: datetime) -> bool:
+    """Record a heartbeat; True when the agent had been marked offline."""
+    was_offline = session.execute(
+        sa.update(agent_t).where(agent_t.c.id == agent_id, agent_t.c.offline.is_(True)).values(offline=False)
+    ).rowcount  # type: ignore[attr-defined]
+    session.execute(sa.update(agent_t).where(agent_t.c.id == agent_id).values(last_heartbeat_at=now))
+    return was_offline == 1  # type: ignore[no-any-return]
+
+
+def transition(session: Session, draft_id: str, *, from_: Iterable[str], to: str, **values: Any) -> bool:
+    """Move a draft out of one of `from_` into `to`; False when another writer got there first."""
+    where = [draft_t.c.id == draft_id, draft_t.c.status.in_(list(from_))]
+    for name, expected in values.pop("where", {}).items():
+        where.append(draft_t.c[name].is_(None) if expected is None else draft_t.c[name] == expected)
+    result = session.execute(sa.update(draft_t).where(*where).values(status=to, **values))
+    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+
+def update_draft(session: Session, draft_id: str, *, where: dict[str, Any], **values: Any) -> bool:
+    """A conditional UPDATE of a draft's columns, guarded by exact column values."""
+    clauses = [draft_t.c.id == draft_id]
+    for name, expected in where.items():
+        column = draft_t.c[name]
+        if isinstance(expected, list | tuple | set | frozenset):
+            clauses.append(column.in_(list(expected)))
+        else:
+            clauses.append(column.is_(None) if expected is None else column == expected)
+    result = session.execute(sa.update(draft_t).where(*clauses).values(**values))
+    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+
+def cap_usage(session: Session, scope: str, day: str) -> tuple[int, int]:
+    """(count_used, amount_used_minor) for a scope and day; zero when nothing was reserved."""
+    row = session.execute(
+        sa.select(cap_t.c.count_used, cap_t.c.amount_used_minor).where(
+            cap_t.c.scope == scope, cap_t.c.day == day
+        )
+    ).first()
+    return (row[0], row[1]) if row else (0, 0)
+
+
+def reserve_cap(
+    session: Session,
+    *,
+    scope: str,
+    day: str,
+    amount_minor: int,
+    count_cap: int | None,
+    amount_cap_minor: int | None,
+) -> tuple[int, int] | None:
+    """Reserve one action and its amount, only while it stays within both caps.
+
+    Returns the new usage, or None when it would not fit. The check and the increment are one
+    UPDATE, so concurrent approvals on any number of replicas can never overshoot.
+    """
+    session.execute(
+        sa.text(
+            "INSERT INTO cap_usage (scope, day, count_used, amount_used_minor, alerted_80, alerted_100) "
+            "VALUES (:scope, :day, 0, 0, false, false) ON CONFLICT DO NOTHING"
+        ),
+        {"scope": scope, "day": day},
+    )
+    conditions = [cap_t.c.scope == scope, cap_t.c.day == day]
+    if count_cap is not None:
+        conditions.append(cap_t.c.count_used + 1 <= count_cap)
+    if amount_cap_minor is not None:
+        conditions.append(cap_t.c.amount_used_minor + amount_minor <= amount_cap_minor)
+    row = session.execute(
+        sa.update(cap_t)
+        .where(*conditions)
+        .values(count_used=cap_t.c.count_used + 1, amount_used_minor=cap_t.c.amount_used_minor + amount_minor)
+        .returning(cap_t.c.count_used, cap_t.c.amount_used_minor)
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+def release_cap(session: Session, *, scope: str, day: str, amount_minor: int) -> None:
+    """Give back one reservation (reject after reserve, execution failure)."""
+    session.execute(
+        sa.update(cap_t)
+        .where(cap_t.c.scope == scope, cap_t.c.day == day, cap_t.c.count_used >= 1)
+        .values(
+            count_used=cap_t.c.count_used - 1,
+            amount_used_minor=sa.func.max(cap_t.c.amount_used_minor - amount_minor, 0)
+            if session.get_bind().dialect.name == "sqlite"
+            else sa.func.greatest(cap_t.c.amount_used_minor - amount_minor, 0),
+        )
+    )
+
+
+def get_control(session: Session, key: str) -> dict[str, Any] | None:
+    row = session.execute(sa.select(control_t.c.value).where(control_t.c.key == key)).first()
+    return json.loads(row[0]) if row else None
+
+
+def get_controls(session: Session, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    rows = session.execute(sa.select(control_t.c.key, control_t.c.value).where(control_t.c.key.in_(keys)))
+    return {key: json.loads(value) for key, value in rows}
+
+
+def set_control(session: Session, key: str, value: dict[str, Any] | None, *, by: str, at: datetime) -> None:
+    """Write (or with None, delete) one control switch."""
+    session.execute(sa.delete(control_t).where(control_t.c.key == key))
+    if value is not None:
+        session.execute(
+            sa.insert(control_t).values(key=key, value=json.dumps(value), updated_by=by, updated_at=at)
+        )
+
+
+def enqueue(
+    session: Session,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    now: datetime,
+    agent_id: int | None = None,
+    category: str | None = None,
+    max_attempts: int = 8,
+    delay: timedelta = timedelta(0),
+) -> None:
+    """Add a durable outbound job in the caller's transaction."""
+    session.execute(
+        sa.insert(job_t).values(
+            kind=kind,
+            payload=json.dumps(payload),
+            agent_id=agent_id,
+            category=category,
+            status="queued",
+            attempts=0,
+            max_attempts=max_attempts,
+            run_after=now + delay,
+            created_at=now,
+        )
+    )
+
+
+# Jobs that act for an agent are held while it (or everyone) is paused or its category is manual;
+# the claim itself checks, so no such job is claimed after a pause commits.
+_HELD_BY_CONTROL = {"executor.call"}
+
+
+def _claimable(now: datetime) -> sa.ColumnElement[bool]:
+    ready = sa.or_(
+        sa.and_(job_t.c.status == "queued", job_t.c.run_after <= now),
+        sa.and_(job_t.c.status == "running", job_t.c.lease_until < now),
+    )
+    paused_agent = sa.exists().where(agent_t.c.id == job_t.c.agent_id, agent_t.c.state == "paused")
+    pause_all = sa.exists().where(control_t.c.key == "pause:all")
+    manual_category = sa.exists().where(control_t.c.key == sa.literal("mode:") + job_t.c.category)
+    held = sa.and_(job_t.c.kind.in_(_HELD_BY_CONTROL), sa.or_(paused_agent, pause_all, manual_category))
+    return sa.and_(ready, sa.not_(held))
+
+
+def claim_jobs(
+    engine: Engine, *, worker: str, now: datetime, lease: timedelta, limit: int
+) -> list[OutboxJob]:
+    """Atomically take up to `limit` ready jobs (or jobs whose lease ran out) for this worker."""
+    with transaction(engine) as session:
+        ids_query = sa.select(job_t.c.id).where(_claimable(now)).order_by(job_t.c.run_after).limit(limit)
+        if engine.dialect.name == "postgresql":
+            ids_query = ids_query.with_for_update(skip_locked=True, of=job_t)
+        ids = [row[0] for row in session.execute(ids_query)]
+        if not ids:
+            return []
+        rows = session.execute(
+            sa.update(job_t)
+            .where(job_t.c.id.in_(ids))
+            .values(
+                status="running",
+                attempts=job_t.c.attempts + 1,
+                lease_until=now + lease,
+                claimed_by=worker,
+                claimed_at=now,
+            )
+            .returning(*job_t.c)
+        ).all()
+        return [OutboxJob.model_validate(dict(row._mapping)) for row in rows]
+
+
+def finish_job(session: Session, job_id: int, *, worker: str, now: datetime) -> bool:
+    """Mark a job done, only if this worker still holds it."""
+    result = session.execute(
+        sa.update(job_t)
+        .where(job_t.c.id == job_id, job_t.c.status == "running", job_t.c.claimed_by == worker)
+        .values(status="done", finished_at=now, lease_until=None)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+
+def fail_job(
+    session: Session, job_id: int, *, worker: str, error: str, retry_at: datetime | None, now: datetime
+) -> bool:
+    """Record an attempt's error; requeue it for `retry_at`, or mark it dead when None."""
+    values: dict[str, Any] = {"last_error": error[:2000], "lease_until": None}
+    if retry_at is None:
+        values.update(status="dead", finished_at=now)
+    else:
+        values.update(status="queued", run_after=retry_at)
+    result = session.execute(
+        sa.update(job_t)
+        .where(job_t.c.id == job_id, job_t.c.status == "running", job_t.c.claimed_by == worker)
+        .values(**values)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]

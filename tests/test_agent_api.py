@@ -1,0 +1,321 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from bot import audit
+from storage.tables import Draft, IdempotencyRecord
+from tests.conftest import Api, FrozenClock
+
+REFUND = {
+    "category": "refund",
+    "summary": "Refund order 1042",
+    "body": "Hi Dana, I've issued a refund of $30.00 to your card.",
+    "context": "My order 1042 arrived broken, can I get a refund?",
+    "amount": "30.00",
+}
+
+
+def count(api: Api, table: Any) -> int:
+    with api.rt.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+async def submit(api: Api, body: dict[str, Any], **headers: str) -> tuple[int, dict[str, Any]]:
+    response = await api.client.post("/v1/drafts", json=body, headers=api.auth() | headers)
+    return response.status, await response.json()
+
+
+async def test_submit_returns_202_pending_with_url(api: Api) -> None:
+    status, body = await submit(api, REFUND)
+    assert status == 202
+    assert body["status"] == "pending"
+    assert body["url"].endswith(f"/v1/drafts/{body['id']}")
+    assert "reason" not in body
+
+
+async def test_get_returns_the_agent_view_of_its_draft(api: Api) -> None:
+    _, created = await submit(api, REFUND)
+    response = await api.client.get(f"/v1/drafts/{created['id']}", headers=api.auth())
+    assert response.status == 200
+    view = await response.json()
+    assert view["amount"] == "30.00" and view["currency"] == "USD"
+    assert view["status"] == "pending" and view["decisions"] == [] and view["edited"] is False
+    assert view["execution"] == {"status": "none", "attempts": 0, "last_error": None}
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({}, 401), ({"Authorization": "Bearer nope"}, 401), ({"Authorization": "Basic abc"}, 401)],
+)
+async def test_requests_without_a_valid_token_get_401(api: Api, headers: dict[str, str], status: int) -> None:
+    response = await api.client.post("/v1/drafts", json=REFUND, headers=headers)
+    assert response.status == status
+    assert (await response.json())["error"]["code"] == "unauthorized"
+    assert count(api, Draft) == 0
+
+
+async def test_category_not_allowed_for_agent_gets_403(api: Api) -> None:
+    response = await api.client.post("/v1/drafts", json=REFUND, headers=api.auth(api.other_token))
+    assert response.status == 403
+    assert (await response.json())["error"]["field"] == "category"
+
+
+async def test_unknown_category_gets_422(api: Api) -> None:
+    status, body = await submit(api, REFUND | {"category": "wire"})
+    assert status == 422 and body["error"]["field"] == "category"
+
+
+@pytest.mark.parametrize(
+    "extra", [{"status": "approved"}, {"approved_by": "U0ALICE"}, {"id": "d_x"}, {"executed_at": "now"}, {"cap": 1}]
+)
+async def test_unknown_fields_are_rejected_without_a_write(api: Api, extra: dict[str, Any]) -> None:
+    status, body = await submit(api, REFUND | extra)
+    assert status == 422
+    assert body["error"]["message"] == "unknown field"
+    assert body["error"]["field"] == next(iter(extra))
+    assert count(api, Draft) == 0
+
+
+@pytest.mark.parametrize(
+    ("amount", "field"),
+    [
+        (30.0, "amount"),
+        (30, "amount"),
+        ("NaN", "amount"),
+        ("Infinity", "amount"),
+        ("-5.00", "amount"),
+        ("0", "amount"),
+        ("0.00", "amount"),
+        ("30.001", "amount"),
+        ("1e3", "amount"),
+        (" 30.00", "amount"),
+        ("9" * 40, "amount"),
+    ],
+)
+async def test_bad_amounts_get_422(api: Api, amount: Any, field: str) -> None:
+    status, body = await submit(api, REFUND | {"amount": amount})
+    assert status == 422
+    assert body["error"]["field"] == field
+    assert count(api, Draft) == 0
+
+
+async def test_currency_other_than_the_category_gets_422(api: Api) -> None:
+    status, body = await submit(api, REFUND | {"currency": "EUR"})
+    assert status == 422 and body["error"]["field"] == "currency"
+    status, body = await submit(api, REFUND | {"currency": "usd"})
+    assert status == 422 and body["error"]["field"] == "currency"
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{", b"[1,2", b'{"category": NaN}', b"\xff\xfe", b'{"a": Infinity}', b'"just a string"']
+)
+async def test_malformed_json_gets_400(api: Api, raw: bytes) -> None:
+    response = await api.client.post(
+        "/v1/drafts", data=raw, headers=api.auth() | {"Content-Type": "application/json"}
+    )
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == "bad_request"
+
+
+async def test_body_over_the_limit_gets_413(api: Api) -> None:
+    big = REFUND | {"context": "x" * 300_000}
+    status, body = await submit(api, big)
+    assert status == 413 and body["error"]["code"] == "too_large"
+    assert count(api, Draft) == 0
+
+
+@pytest.mark.parametrize("text", ["nul\x00byte", "lone \ud800 surrogate"])
+async def test_text_no_database_can_hold_gets_422(api: Api, text: str) -> None:
+    raw = json.dumps(REFUND | {"body": text}).encode()
+    response = await api.client.post(
+        "/v1/drafts", data=raw, headers=api.auth() | {"Content-Type": "application/json"}
+    )
+    assert response.status == 422
+    assert count(api, Draft) == 0
+
+
+async def test_strange_unicode_is_stored_verbatim(api: Api) -> None:
+    text = "Ｒｅｆｕｎｄ ✅ — 退款 \u202eevil\u202c 👩‍👩‍👧 <!channel> *bold*"
+    _, created = await submit(api, REFUND | {"body": text})
+    response = await api.client.get(f"/v1/drafts/{created['id']}", headers=api.auth())
+    assert (await response.json())["body"] == text
+
+
+async def test_callback_url_outside_registered_prefixes_gets_422(api: Api) -> None:
+    status, body = await submit(api, REFUND | {"callback_url": "http://169.254.169.254/latest"})
+    assert status == 422 and body["error"]["field"] == "callback_url"
+    status, _ = await submit(api, REFUND | {"callback_url": "http://127.0.0.1:8080/hook"})
+    assert status == 202
+
+
+async def test_requested_by_must_be_a_slack_user_id(api: Api) -> None:
+    status, body = await submit(api, REFUND | {"requested_by": "alice"})
+    assert status == 422 and body["error"]["field"] == "requested_by"
+
+
+async def test_same_key_and_body_returns_the_stored_response(api: Api) -> None:
+    first = await submit(api, REFUND, **{"Idempotency-Key": "k-1"})
+    second = await submit(api, REFUND, **{"Idempotency-Key": '"k-1"'})
+    third = await submit(api, REFUND | {"idempotency_key": "k-1"})
+    assert first == second == third
+    assert count(api, Draft) == 1
+
+
+async def test_same_key_with_a_different_body_gets_422_and_changes_nothing(api: Api) -> None:
+    _, first = await submit(api, REFUND, **{"Idempotency-Key": "k-2"})
+    status, body = await submit(api, REFUND | {"amount": "31.00"}, **{"Idempotency-Key": "k-2"})
+    assert status == 422 and body["error"]["code"] == "idempotency_key_reused"
+    response = await api.client.get(f"/v1/drafts/{first['id']}", headers=api.auth())
+    assert (await response.json())["amount"] == "30.00"
+    assert count(api, Draft) == 1
+
+
+async def test_idempotency_keys_are_scoped_per_agent(api: Api) -> None:
+    reply = {"category": "reply", "summary": "Answer", "body": "Thanks, it ships Monday."}
+    _, mine = await submit(api, reply, **{"Idempotency-Key": "shared"})
+    response = await api.client.post(
+        "/v1/drafts", json=reply, headers=api.auth(api.other_token) | {"Idempotency-Key": "shared"}
+    )
+    theirs = await response.json()
+    assert response.status == 202 and theirs["id"] != mine["id"]
+
+
+async def test_idempotency_key_is_kept_24_hours_then_treated_as_new(api: Api, clock: FrozenClock) -> None:
+    _, first = await submit(api, REFUND, **{"Idempotency-Key": "k-3"})
+    clock.advance(hours=23)
+    _, again = await submit(api, REFUND, **{"Idempotency-Key": "k-3"})
+    assert again == first
+    clock.advance(hours=1, seconds=1)
+    _, later = await submit(api, REFUND, **{"Idempotency-Key": "k-3"})
+    assert later["id"] != first["id"]
+    assert count(api, IdempotencyRecord) == 1
+
+
+async def test_header_and_body_keys_that_differ_get_400(api: Api) -> None:
+    status, _ = await submit(api, REFUND | {"idempotency_key": "a"}, **{"Idempotency-Key": "b"})
+    assert status == 400
+
+
+async def test_another_agents_draft_is_not_found(api: Api) -> None:
+    _, created = await submit(api, REFUND)
+    other = api.auth(api.other_token)
+    for method, path in [
+        ("GET", f"/v1/drafts/{created['id']}"),
+        ("DELETE", f"/v1/drafts/{created['id']}"),
+        ("POST", f"/v1/drafts/{created['id']}/done"),
+    ]:
+        response = await api.client.request(method, path, headers=other, json={"ok": True})
+        assert response.status == 404, (method, path)
+        missing = await api.client.request(
+            method, path.replace(created["id"], "d_missing"), headers=other, json={"ok": True}
+        )
+        assert await response.json() == await missing.json()
+    view = await (await api.client.get(f"/v1/drafts/{created['id']}", headers=api.auth())).json()
+    assert view["status"] == "pending"
+
+
+async def test_delete_withdraws_a_pending_draft_once(api: Api) -> None:
+    _, created = await submit(api, REFUND)
+    response = await api.client.delete(f"/v1/drafts/{created['id']}", headers=api.auth())
+    assert response.status == 200 and (await response.json())["status"] == "cancelled"
+    again = await api.client.delete(f"/v1/drafts/{created['id']}", headers=api.auth())
+    assert again.status == 409
+
+
+async def test_done_on_a_pending_draft_gets_409(api: Api) -> None:
+    _, created = await submit(api, {"category": "reply", "summary": "s", "body": "b"})
+    response = await api.client.post(f"/v1/drafts/{created['id']}/done", json={"ok": True}, headers=api.auth())
+    assert response.status == 409
+
+
+async def test_done_in_a_category_with_an_executor_gets_409(api: Api) -> None:
+    _, created = await submit(api, REFUND)
+    response = await api.client.post(f"/v1/drafts/{created['id']}/done", json={"ok": True}, headers=api.auth())
+    assert response.status == 409
+
+
+async def test_done_rejects_unknown_fields(api: Api) -> None:
+    _, created = await submit(api, {"category": "reply", "summary": "s", "body": "b"})
+    response = await api.client.post(
+        f"/v1/drafts/{created['id']}/done", json={"ok": True, "status": "executed"}, headers=api.auth()
+    )
+    assert response.status == 422
+
+
+async def test_wait_must_be_between_0_and_30_seconds(api: Api) -> None:
+    _, created = await submit(api, REFUND)
+    for wait in ("-1", "31", "soon"):
+        response = await api.client.get(f"/v1/drafts/{created['id']}?wait={wait}", headers=api.auth())
+        assert response.status == 400
+
+
+async def test_wait_returns_when_the_draft_leaves_pending(api: Api) -> None:
+    import asyncio
+
+    _, created = await submit(api, REFUND)
+
+    async def withdraw_soon() -> None:
+        await asyncio.sleep(0.3)
+        await api.client.delete(f"/v1/drafts/{created['id']}", headers=api.auth())
+
+    task = asyncio.create_task(withdraw_soon())
+    response = await api.client.get(f"/v1/drafts/{created['id']}?wait=10", headers=api.auth())
+    await task
+    assert (await response.json())["status"] == "cancelled"
+
+
+async def test_me_reports_state_modes_and_caps(api: Api) -> None:
+    response = await api.client.get("/v1/agents/me", headers=api.auth())
+    me = await response.json()
+    assert me["name"] == "support-bot" and me["state"] == "active" and me["reason"] is None
+    assert me["categories"]["refund"] == {
+        "mode": "review",
+        "count_cap": 20,
+        "count_used": 0,
+        "amount_cap": "500.00",
+        "amount_used": "0.00",
+        "currency": "USD",
+    }
+
+
+async def test_heartbeat_answers_ok(api: Api) -> None:
+    response = await api.client.post("/v1/heartbeat", headers=api.auth())
+    assert response.status == 200 and (await response.json())["ok"] is True
+
+
+async def test_over_the_rate_limit_gets_429_with_retry_after(api: Api) -> None:
+    from handlers.agent_api import LIMITER
+
+    limiter = api.client.app[LIMITER]  # type: ignore[index]
+    limiter.capacity, limiter.per_seconds = 5, 60.0
+    statuses = []
+    for _ in range(6):
+        response = await api.client.get("/v1/agents/me", headers=api.auth())
+        statuses.append(response.status)
+        if response.status == 429:
+            assert int(response.headers["Retry-After"]) >= 1
+            assert (await response.json())["error"]["code"] == "rate_limited"
+    assert statuses == [200] * 5 + [429]
+    other = await api.client.get("/v1/agents/me", headers=api.auth(api.other_token))
+    assert other.status == 200
+
+
+async def test_every_submission_is_audited_in_a_valid_chain(api: Api) -> None:
+    for n in range(3):
+        await submit(api, REFUND | {"summary": f"refund {n}"})
+    result = audit.verify(api.rt.engine)
+    assert result.ok and result.rows == 2 + 3  # two agents added, three drafts
+
+
+async def test_unknown_route_and_healthz(api: Api) -> None:
+    missing = await api.client.get("/v1/nothing", headers=api.auth())
+    assert missing.status == 404 and (await missing.json())["error"]["code"] == "not_found"
+    wrong = await api.client.put("/v1/drafts", headers=api.auth())
+    assert wrong.status == 405 and (await wrong.json())["error"]["code"] == "method_not_allowed"
+    assert (await api.client.get("/healthz")).status == 200
+    ready = await api.client.get("/readyz")
+    assert ready.status == 200 and (await ready.json())["ok"] is True
