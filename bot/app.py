@@ -13,11 +13,16 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from aiohttp import web
+from slack_sdk.signature import SignatureVerifier
 
+from bot import decisions, slack
+from bot import slack_app as slack_app_module
+from bot.control import Control
 from bot.outbox import Worker
 from bot.ratelimit import RateLimiter
 from bot.runtime import Clock, Runtime, utcnow
 from bot.settings import Settings
+from bot.webhooks import WebhookJobs
 from handlers import agent_api
 from storage import migrate
 from storage.db import create_db_engine
@@ -25,6 +30,7 @@ from storage.db import create_db_engine
 log = logging.getLogger(__name__)
 
 WORKERS: web.AppKey[list[asyncio.Task[None]]] = web.AppKey("workers", list)
+WORKER: web.AppKey[Worker] = web.AppKey("worker", Worker)
 
 
 @dataclass
@@ -35,6 +41,9 @@ class Options:
     run_workers: bool = True
     migrate: bool = True
     outbox_poll: float = 0.5
+    schedule_every: float = 5.0
+    backoff_base: float = 1.0
+    executor_attempts: int = 6
     extra_tasks: list[str] = field(default_factory=list)
 
 
@@ -63,7 +72,24 @@ def build_runtime(settings: Settings, options: Options) -> Runtime:
     engine = create_db_engine(settings.database_url)
     if options.migrate:
         migrate.upgrade(engine)
-    return Runtime(engine=engine, config=settings.config, clock=options.clock)
+    return Runtime(
+        engine=engine,
+        config=settings.config,
+        clock=options.clock,
+        executor_attempts=options.executor_attempts,
+    )
+
+
+async def schedules(rt: Runtime, control: Control, every: float, stop: asyncio.Event) -> None:
+    """Timers every replica runs; each effect is a conditional transition, so it happens once."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(decisions.expire_due, rt)
+            await asyncio.to_thread(control.revert_lapsed)
+        except Exception:
+            log.exception("scheduled work failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
 
 
 def create_app(settings: Settings, options: Options | None = None) -> web.Application:
@@ -82,20 +108,46 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
     app.router.add_get("/readyz", readyz)
     agent_api.register(app)
 
-    worker = Worker(rt=rt, handlers={}, poll_interval=options.outbox_poll)
+    client = slack.make_client(settings)
+    slack_app = slack_app_module.build(settings, rt, client)
+    app[slack_app_module.SLACK_APP] = slack_app
+    app[slack_app_module.VERIFIER] = SignatureVerifier(settings.slack_signing_secret or "")
+    app.router.add_post("/slack/events", slack_app_module.slack_events)
+
+    slack_jobs = slack.SlackJobs(rt=rt, client=client)
+    webhook_jobs = WebhookJobs(rt)
+    worker = Worker(
+        rt=rt,
+        handlers=slack_jobs.handlers() | webhook_jobs.handlers(),
+        give_up={"slack.render": slack_jobs.render_gave_up} | webhook_jobs.give_up(),
+        poll_interval=options.outbox_poll,
+        backoff_base=options.backoff_base,
+    )
     rt.wake_outbox = worker.wake
+    app[WORKER] = worker
+    control = Control(rt=rt, directory=slack.Directory(client=client))
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[None]] = []
+        stop = asyncio.Event()
         if options.run_workers:
             tasks.append(asyncio.create_task(worker.run(), name="outbox"))
+            tasks.append(
+                asyncio.create_task(schedules(rt, control, options.schedule_every, stop), name="schedules")
+            )
         app[WORKERS] = tasks
         yield
-        for task in tasks:
-            task.cancel()
+        # Let work in hand finish (its database threads cannot be cancelled), then cancel the rest.
+        worker.stop()
+        stop.set()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=10)
+            for task in pending:
+                task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await webhook_jobs.close()
         rt.engine.dispose()
 
     app.cleanup_ctx.append(background)

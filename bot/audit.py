@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from storage.db import lock_audit_chain
 from storage.tables import AuditEvent
@@ -70,7 +70,7 @@ def append(
     """Append one event in the caller's transaction, after taking the chain lock."""
     lock_audit_chain(session)
     last = session.execute(
-        sa.select(AuditEvent.seq, AuditEvent.hash).order_by(sa.desc(AuditEvent.seq)).limit(1)  # type: ignore[arg-type]
+        sa.select(col(AuditEvent.seq), col(AuditEvent.hash)).order_by(col(AuditEvent.seq).desc()).limit(1)
     ).first()
     seq, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS)
     at = at.replace(microsecond=at.microsecond)
@@ -154,7 +154,7 @@ def verify(engine: Engine) -> Verification:
 def head(session: Session) -> tuple[int, str]:
     """The chain head (sequence, hash): the digest publishes it as an outside witness."""
     last = session.execute(
-        sa.select(AuditEvent.seq, AuditEvent.hash).order_by(sa.desc(AuditEvent.seq)).limit(1)  # type: ignore[arg-type]
+        sa.select(col(AuditEvent.seq), col(AuditEvent.hash)).order_by(col(AuditEvent.seq).desc()).limit(1)
     ).first()
     return (last[0], last[1]) if last else (0, GENESIS)
 

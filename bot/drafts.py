@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from bot import audit, caps, policy
 from bot.errors import Conflict, Forbidden, IdempotencyMismatch, Invalid, NotFound
@@ -187,7 +187,8 @@ def _submit_in(
             "amount_minor": row.amount_minor,
         },
     )
-    queries.enqueue(session, "slack.render", {"draft_id": row.id}, now=now)
+    # Slack being down delays the post, never loses it: this job retries for days, not minutes.
+    queries.enqueue(session, "slack.render", {"draft_id": row.id, "post": True}, now=now, max_attempts=1000)
     if category.ai_review and row.status == "pending":
         queries.enqueue(session, "risk.ai_review", {"draft_id": row.id}, now=now, max_attempts=1)
     body: dict[str, Any] = {"id": row.id, "status": row.status, "url": f"{base_url}/v1/drafts/{row.id}"}
@@ -238,7 +239,9 @@ def agent_view(session: Session, draft: Draft) -> dict[str, Any]:
         "currency": draft.currency,
         "risk": {"level": risk["level"], "findings": risk["findings"]},
         "decisions": [
-            {"action": d.action, "by": d.by, "reason": d.reason, "at": d.at.isoformat()} for d in decisions
+            {"action": d.action, "by": d.by, "reason": d.reason, "at": d.at.isoformat()}
+            for d in decisions
+            if d.action in ("approve", "edit", "reject")
         ],
         "execution": {
             "status": draft.execution_status,
@@ -258,7 +261,7 @@ def get(rt: Runtime, *, agent: Agent, draft_id: str) -> dict[str, Any]:
 def status_of(rt: Runtime, *, agent: Agent, draft_id: str) -> str:
     with transaction(rt.engine) as session:
         row = session.execute(
-            sa.select(Draft.status).where(Draft.id == draft_id, Draft.agent_id == agent.id)  # type: ignore[arg-type]
+            sa.select(col(Draft.status)).where(col(Draft.id) == draft_id, col(Draft.agent_id) == agent.id)
         ).first()
         if row is None:
             raise NotFound("no such draft")

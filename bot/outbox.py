@@ -41,10 +41,11 @@ class RetryLater(Exception):
         self.retry_after = retry_after
 
 
-def backoff(attempt: int, *, rng: random.Random | None = None) -> float:
+def backoff(attempt: int, *, base: float = BACKOFF_BASE, rng: random.Random | None = None) -> float:
     """Exponential backoff with jitter: between half and all of base·2^(attempt-1), capped."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempt - 1))
-    return ceiling * (0.5 + 0.5 * (rng or random).random())
+    ceiling = min(BACKOFF_CAP, base * 2.0 ** max(0, attempt - 1))
+    jitter: float = (rng or random).random()
+    return ceiling * (0.5 + 0.5 * jitter)
 
 
 @dataclass
@@ -56,24 +57,31 @@ class Worker:
     lease: timedelta = timedelta(seconds=60)
     batch: int = 16
     poll_interval: float = 0.5
+    backoff_base: float = BACKOFF_BASE
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _loop: asyncio.AbstractEventLoop | None = None
+    _stopping: bool = False
 
     def wake(self) -> None:
         """Start the next claim at once; safe to call from any thread."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
+    def stop(self) -> None:
+        """Finish the batch in hand, then return from run()."""
+        self._stopping = True
+        self.wake()
+
     async def run(self) -> None:
-        """Claim and deliver until cancelled."""
+        """Claim and deliver until stopped or cancelled."""
         self._loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping:
             try:
                 done = await self.run_once()
             except Exception:
                 log.exception("outbox claim failed")
                 done = 0
-            if done == 0:
+            if done == 0 and not self._stopping:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval)
@@ -118,7 +126,7 @@ class Worker:
         now = self.rt.clock()
         retry_at: datetime | None = None
         if retry and job.attempts < job.max_attempts:
-            delay = max(backoff(job.attempts), retry_after or 0.0)
+            delay = max(backoff(job.attempts, base=self.backoff_base), retry_after or 0.0)
             retry_at = now + timedelta(seconds=delay)
 
         def record() -> None:

@@ -38,3 +38,5 @@ class Runtime:
     new_id: Callable[[], str] = new_draft_id
     # Called after a commit that enqueued outbox jobs, so the local worker starts at once.
     wake_outbox: Callable[[], None] = field(default=_nothing)
+    # Attempts before an execution is given up (failed, or needs reconciliation when unknown).
+    executor_attempts: int = 6

@@ -17,7 +17,9 @@ def alembic_config(engine: Engine) -> Config:
     """An Alembic Config that runs against `engine` without an alembic.ini on disk."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
+    config.set_main_option(
+        "sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%")
+    )
     return config
 
 

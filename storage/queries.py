@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from storage.db import transaction
 from storage.tables import Agent, AgentToken, CapUsage, ControlState, Draft, OutboxJob
@@ -30,8 +30,8 @@ def agent_for_token(session: Session, token_hash: str) -> Agent | None:
     """The agent whose live token hashes to `token_hash`."""
     row = session.execute(
         sa.select(Agent)
-        .join(AgentToken, AgentToken.agent_id == Agent.id)  # type: ignore[arg-type]
-        .where(AgentToken.token_hash == token_hash, AgentToken.revoked_at.is_(None))  # type: ignore[union-attr]
+        .join(AgentToken, col(AgentToken.agent_id) == col(Agent.id))
+        .where(col(AgentToken.token_hash) == token_hash, col(AgentToken.revoked_at).is_(None))
     ).first()
     return row[0] if row else None
 
@@ -124,6 +124,16 @@ def release_cap(session: Session, *, scope: str, day: str, amount_minor: int) ->
             else sa.func.greatest(cap_t.c.amount_used_minor - amount_minor, 0),
         )
     )
+
+
+def mark_cap_alert(session: Session, scope: str, day: str, column: str) -> bool:
+    """Flip one of the once-a-day alert flags; True only for the writer that flipped it."""
+    result = session.execute(
+        sa.update(cap_t)
+        .where(cap_t.c.scope == scope, cap_t.c.day == day, cap_t.c[column].is_(False))
+        .values({column: True})
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
 
 def get_control(session: Session, key: str) -> dict[str, Any] | None:

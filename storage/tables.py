@@ -131,6 +131,7 @@ class Draft(SQLModel, table=True):
     execution_status: str = "none"
     execution_attempts: int = 0
     execution_last_error: str | None = None
+    execution_ambiguous: bool = False  # an attempt was sent but got no answer: outcome unknown
     expires_at: datetime = _utc()
     created_at: datetime = _utc()
     updated_at: datetime = _utc()
@@ -138,7 +139,11 @@ class Draft(SQLModel, table=True):
 
 class Decision(SQLModel, table=True):
     __tablename__ = "decision"
-    __table_args__ = (sa.CheckConstraint("action IN ('approve', 'edit', 'reject')", name="decision_action"),)
+    __table_args__ = (
+        sa.CheckConstraint(
+            "action IN ('approve', 'edit', 'reject', 'claim', 'handled')", name="decision_action"
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     draft_id: str = Field(foreign_key="draft.id", index=True)

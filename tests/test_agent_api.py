@@ -70,7 +70,8 @@ async def test_unknown_category_gets_422(api: Api) -> None:
 
 
 @pytest.mark.parametrize(
-    "extra", [{"status": "approved"}, {"approved_by": "U0ALICE"}, {"id": "d_x"}, {"executed_at": "now"}, {"cap": 1}]
+    "extra",
+    [{"status": "approved"}, {"approved_by": "U0ALICE"}, {"id": "d_x"}, {"executed_at": "now"}, {"cap": 1}],
 )
 async def test_unknown_fields_are_rejected_without_a_write(api: Api, extra: dict[str, Any]) -> None:
     status, body = await submit(api, REFUND | extra)
@@ -228,13 +229,17 @@ async def test_delete_withdraws_a_pending_draft_once(api: Api) -> None:
 
 async def test_done_on_a_pending_draft_gets_409(api: Api) -> None:
     _, created = await submit(api, {"category": "reply", "summary": "s", "body": "b"})
-    response = await api.client.post(f"/v1/drafts/{created['id']}/done", json={"ok": True}, headers=api.auth())
+    response = await api.client.post(
+        f"/v1/drafts/{created['id']}/done", json={"ok": True}, headers=api.auth()
+    )
     assert response.status == 409
 
 
 async def test_done_in_a_category_with_an_executor_gets_409(api: Api) -> None:
     _, created = await submit(api, REFUND)
-    response = await api.client.post(f"/v1/drafts/{created['id']}/done", json={"ok": True}, headers=api.auth())
+    response = await api.client.post(
+        f"/v1/drafts/{created['id']}/done", json={"ok": True}, headers=api.auth()
+    )
     assert response.status == 409
 
 

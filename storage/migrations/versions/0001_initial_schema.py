@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-24 03:40:01.922057
+Create Date: 2026-11-24
 """
 
 from collections.abc import Sequence
@@ -150,6 +150,7 @@ def upgrade() -> None:
     sa.Column('execution_status', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('execution_attempts', sa.Integer(), nullable=False),
     sa.Column('execution_last_error', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('execution_ambiguous', sa.Boolean(), nullable=False),
     sa.Column('expires_at', storage.tables.UTCDateTime(timezone=True), nullable=False),
     sa.Column('created_at', storage.tables.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', storage.tables.UTCDateTime(timezone=True), nullable=False),
@@ -188,7 +189,7 @@ def upgrade() -> None:
     sa.Column('body_before', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('body_after', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('at', storage.tables.UTCDateTime(timezone=True), nullable=False),
-    sa.CheckConstraint("action IN ('approve', 'edit', 'reject')", name='decision_action'),
+    sa.CheckConstraint("action IN ('approve', 'edit', 'reject', 'claim', 'handled')", name='decision_action'),
     sa.ForeignKeyConstraint(['draft_id'], ['draft.id'], ),
     sa.PrimaryKeyConstraint('id')
     )

@@ -1,0 +1,81 @@
+"""Assemble what a draft's Slack message shows from the database, in one read."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlmodel import select
+
+from bot import caps, policy
+from bot.runtime import Runtime
+from bot.settings import currency_exponent
+from handlers.blocks import DecisionLine, DraftCard
+from storage import queries
+from storage.db import transaction
+from storage.tables import Agent, Decision, Draft
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the message lives (or goes): its channel and, once posted, its ts."""
+
+    channel: str
+    ts: str | None
+
+
+def load_card(rt: Runtime, draft_id: str) -> tuple[DraftCard, Placement] | None:
+    """The card for a draft and where to post it; None when the draft or its category is gone."""
+    now = rt.clock()
+    with transaction(rt.engine) as session:
+        draft = session.get(Draft, draft_id)
+        if draft is None:
+            return None
+        category = rt.config.categories.get(draft.category)
+        if category is None:
+            return None
+        agent = session.get(Agent, draft.agent_id)
+        decisions = session.exec(
+            select(Decision).where(Decision.draft_id == draft.id).order_by(Decision.id)  # type: ignore[arg-type]
+        ).all()
+        controls = queries.get_controls(session, ["pause:all", f"mode:{draft.category}"])
+        usage = caps.usage(session, rt.config, category, now)
+    risk = json.loads(draft.risk)
+    exponent = currency_exponent(draft.currency) if draft.currency else 2
+    amount = (
+        None
+        if draft.amount_minor is None
+        else policy.format_money(draft.amount_minor, draft.currency or "", exponent)
+    )
+    channel = (
+        category.manual_channel if draft.status == "manual" and category.manual_channel else category.channel
+    )
+    card = DraftCard(
+        id=draft.id,
+        version=draft.version,
+        category=draft.category,
+        agent=agent.name if agent else "?",
+        status=draft.status,
+        reason=draft.reason,
+        summary=draft.summary,
+        body=draft.body,
+        context=draft.context,
+        amount=amount,
+        approved_body=draft.approved_body,
+        edited=draft.edited,
+        risk_level=risk.get("level", "none"),
+        findings=risk.get("findings", []),
+        ai_status=risk.get("ai", {}).get("status", "off"),
+        ai_note=risk.get("ai", {}).get("note", ""),
+        usage=usage.describe() if category.daily_count_cap or category.daily_amount_cap else None,
+        approvals_needed=draft.approvals_needed,
+        first_approver=draft.first_approver,
+        decisions=[DecisionLine(action=d.action, by=d.by, at=d.at, reason=d.reason) for d in decisions],
+        execution_status=draft.execution_status,
+        execution_attempts=draft.execution_attempts,
+        execution_error=draft.execution_last_error,
+        agent_paused=bool(agent and agent.state == "paused") or "pause:all" in controls,
+        category_manual=policy.is_manual(controls.get(f"mode:{draft.category}"), now),
+        expires_at=draft.expires_at if draft.status == "pending" else None,
+    )
+    return card, Placement(channel=draft.slack_channel or channel, ts=draft.slack_ts)

@@ -1,0 +1,497 @@
+"""Reviewer use-cases: approve, edit-and-approve, reject, retry, expire.
+
+The winning click is decided by one conditional UPDATE on the draft (status, version and,
+for the two-person rule, the first approver), and the cap is reserved in the same
+transaction; a refused reservation or a lost race rolls the whole transaction back.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlmodel import Session, select
+
+from bot import audit, caps, policy
+from bot.drafts import record_change
+from bot.errors import DecisionRefused
+from bot.runtime import Runtime
+from bot.settings import Category, currency_exponent
+from storage import queries
+from storage.db import transaction
+from storage.tables import Agent, Decision, Draft
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the clicking reviewer is told (privately)."""
+
+    message: str
+    final: bool  # the draft reached a decision (False: first of two approvals recorded)
+
+
+class _Lost(Exception):
+    """Raised inside a transaction to roll it back when another writer won."""
+
+
+def _refuse_audited(rt: Runtime, *, user: str, action: str, subject: str, why: str) -> DecisionRefused:
+    now = rt.clock()
+    with transaction(rt.engine) as session:
+        audit.append(
+            session,
+            at=now,
+            actor=f"slack:{user}",
+            action=action,
+            subject=subject,
+            after={"why": why},
+            outcome="denied",
+        )
+    return DecisionRefused(why)
+
+
+def _who_decided(rt: Runtime, draft_id: str) -> str:
+    with transaction(rt.engine) as session:
+        draft = session.get(Draft, draft_id)
+        if draft is None:
+            return "This draft no longer exists."
+        if draft.status == "pending":
+            return "Someone else acted on this draft at the same moment; look at the message again."
+        by = f" by <@{draft.decided_by}>" if draft.decided_by else ""
+        return f"Already {draft.status.replace('_', ' ')}{by}."
+
+
+def _control_refusal(session: Session, draft: Draft, now: datetime) -> str | None:
+    """Fail closed: a paused agent or a manual category blocks every approval."""
+    agent = session.get(Agent, draft.agent_id)
+    controls = queries.get_controls(session, ["pause:all", f"mode:{draft.category}"])
+    if agent is None or agent.state == "paused" or "pause:all" in controls:
+        return "The agent is paused: nothing it drafted can be approved until an admin resumes it."
+    if policy.is_manual(controls.get(f"mode:{draft.category}"), now):
+        return "This category is in manual mode: handle the request by hand."
+    return None
+
+
+def _load(session: Session, draft_id: str, version: int) -> Draft:
+    draft = session.get(Draft, draft_id)
+    if draft is None:
+        raise DecisionRefused("This draft no longer exists.")
+    if draft.version != version:
+        raise DecisionRefused(
+            f"This draft changed since that message was shown; review version {draft.version}."
+        )
+    return draft
+
+
+def approve(
+    rt: Runtime,
+    *,
+    draft_id: str,
+    version: int,
+    user: str,
+    reviewers: frozenset[str],
+    reviewer: policy.Reviewer,
+    edited_body: str | None = None,
+    edited_amount: Decimal | None = None,
+) -> Outcome:
+    """Approve (or edit and approve) a pending draft for `user`; raises DecisionRefused."""
+    try:
+        with transaction(rt.engine) as session:
+            outcome = _approve_in(
+                session, rt, draft_id, version, user, reviewers, reviewer, edited_body, edited_amount
+            )
+        rt.wake_outbox()
+        return outcome
+    except _Lost:
+        raise DecisionRefused(_who_decided(rt, draft_id)) from None
+    except _Denied as denied:
+        raise _refuse_audited(
+            rt, user=user, action="draft.approve_denied", subject=draft_id, why=denied.why
+        ) from None
+
+
+class _Denied(Exception):
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def _approve_in(
+    session: Session,
+    rt: Runtime,
+    draft_id: str,
+    version: int,
+    user: str,
+    reviewers: frozenset[str],
+    reviewer: policy.Reviewer,
+    edited_body: str | None,
+    edited_amount: Decimal | None,
+) -> Outcome:
+    now = rt.clock()
+    draft = _load(session, draft_id, version)
+    refusal = policy.refusal_to_decide(reviewer, reviewers=reviewers, requested_by=draft.requested_by)
+    if refusal:
+        raise _Denied(refusal)
+    if draft.status != "pending":
+        raise _Lost()
+    blocked = _control_refusal(session, draft, now)
+    if blocked:
+        raise DecisionRefused(blocked)
+    category = rt.config.categories.get(draft.category)
+    if category is None:
+        raise DecisionRefused(
+            f"Category {draft.category!r} is no longer configured; nothing can be approved."
+        )
+    exponent = currency_exponent(category.currency)
+    amount_minor = draft.amount_minor
+    if edited_amount is not None:
+        amount_minor = policy.to_minor(edited_amount, exponent)
+        if category.max_amount is not None and edited_amount > category.max_amount:
+            raise DecisionRefused(
+                f"The edited amount is above this category's limit of {category.max_amount}."
+            )
+    body_after = draft.body if edited_body is None else edited_body
+    action = "approve" if edited_body is None and edited_amount is None else "edit"
+
+    needs_two = (
+        draft.approvals_needed == 2
+        or policy.approvals_needed(
+            amount=None if amount_minor is None else policy.from_minor(amount_minor, exponent),
+            two_person_above=category.two_person_above,
+            high_risk=False,
+        )
+        == 2
+    )
+    if needs_two and draft.first_approver is None:
+        return _first_approval(session, rt, draft, user, action, body_after, amount_minor, now)
+    if needs_two and draft.first_approver == user:
+        raise DecisionRefused("You gave the first approval; a second, different reviewer has to approve.")
+
+    day = policy.cap_day(now, rt.config.timezone)
+    if category.daily_count_cap is not None or category.daily_amount_cap is not None or amount_minor:
+        count_cap, amount_cap = caps.limits(session, category)
+        reserved = queries.reserve_cap(
+            session,
+            scope=caps.scope(category.name),
+            day=day,
+            amount_minor=amount_minor or 0,
+            count_cap=count_cap,
+            amount_cap_minor=amount_cap,
+        )
+        if reserved is None:
+            usage = caps.usage(session, rt.config, category, now)
+            raise DecisionRefused(
+                f"Approving would exceed today's cap ({usage.describe()}). The draft stays pending."
+            )
+    won = queries.transition(
+        session,
+        draft.id,
+        from_=("pending",),
+        to="approved",
+        where={"version": draft.version, "first_approver": draft.first_approver},
+        decided_by=user,
+        decided_at=now,
+        updated_at=now,
+        approved_body=body_after,
+        edited=action == "edit" or draft.edited,
+        amount_minor=amount_minor,
+        reservation_day=day,
+        execution_status="pending" if category.executor else "none",
+    )
+    if not won:
+        raise _Lost()
+    session.add(
+        Decision(
+            draft_id=draft.id, action=action, by=user, body_before=draft.body, body_after=body_after, at=now
+        )
+    )
+    record_change(
+        session,
+        rt,
+        draft,
+        actor=f"slack:{user}",
+        action="draft.approved",
+        before={"status": "pending", "amount_minor": draft.amount_minor},
+        after={"status": "approved", "edited": action == "edit", "amount_minor": amount_minor},
+        now=now,
+    )
+    if action == "edit" and body_after != draft.body:
+        queries.enqueue(
+            session,
+            "slack.thread",
+            {"draft_id": draft.id, "text": edit_diff(draft.body, body_after, user)},
+            now=now,
+        )
+    if category.executor is not None:
+        queries.enqueue(
+            session,
+            "executor.call",
+            {"draft_id": draft.id},
+            now=now,
+            agent_id=draft.agent_id,
+            category=draft.category,
+            max_attempts=rt.executor_attempts,
+        )
+    session.flush()
+    usage = caps.usage(session, rt.config, category, now)
+    _cap_alerts(session, rt, category, usage, now)
+    return Outcome(message=f"Approved. Today's cap: {usage.describe()}.", final=True)
+
+
+def _first_approval(
+    session: Session,
+    rt: Runtime,
+    draft: Draft,
+    user: str,
+    action: str,
+    body_after: str,
+    amount_minor: int | None,
+    now: datetime,
+) -> Outcome:
+    """Record the first of two approvals; an edit becomes the new version the second approver sees."""
+    changed = body_after != draft.body or amount_minor != draft.amount_minor
+    won = queries.update_draft(
+        session,
+        draft.id,
+        where={"status": "pending", "version": draft.version, "first_approver": None},
+        first_approver=user,
+        approvals_needed=2,
+        body=body_after,
+        edited=draft.edited or changed,
+        amount_minor=amount_minor,
+        version=draft.version + (1 if changed else 0),
+        updated_at=now,
+    )
+    if not won:
+        raise _Lost()
+    session.add(
+        Decision(
+            draft_id=draft.id, action=action, by=user, body_before=draft.body, body_after=body_after, at=now
+        )
+    )
+    record_change(
+        session,
+        rt,
+        draft,
+        actor=f"slack:{user}",
+        action="draft.first_approval",
+        before={"first_approver": None, "version": draft.version},
+        after={"first_approver": user, "edited": changed},
+        now=now,
+    )
+    if changed:
+        queries.enqueue(
+            session,
+            "slack.thread",
+            {"draft_id": draft.id, "text": edit_diff(draft.body, body_after, user)},
+            now=now,
+        )
+    rt.wake_outbox()
+    return Outcome(
+        message="First approval recorded; a second, different reviewer has to approve.", final=False
+    )
+
+
+def _cap_alerts(session: Session, rt: Runtime, category: Category, usage: caps.Usage, now: datetime) -> None:
+    """Alert once per day when a cap crosses 80% and when it reaches 100%."""
+    ratios = []
+    if usage.count_cap:
+        ratios.append(usage.count_used / usage.count_cap)
+    if usage.amount_cap_minor:
+        ratios.append(usage.amount_used_minor / usage.amount_cap_minor)
+    peak = max(ratios, default=0.0)
+    for threshold, column in ((1.0, "alerted_100"), (0.8, "alerted_80")):
+        if peak >= threshold and queries.mark_cap_alert(
+            session, caps.scope(category.name), usage.day, column
+        ):
+            level = "reached" if threshold == 1.0 else "passed 80% of"
+            queries.enqueue(
+                session,
+                "slack.alert",
+                {
+                    "text": f":bar_chart: Category *{category.name}* has {level} today's cap: {usage.describe()}."
+                },
+                now=now,
+            )
+            break
+
+
+def reject(
+    rt: Runtime,
+    *,
+    draft_id: str,
+    version: int,
+    user: str,
+    reviewers: frozenset[str],
+    reviewer: policy.Reviewer,
+    reason: str,
+) -> Outcome:
+    """Reject a pending draft with a reason the agent reads."""
+    reason = reason.strip()
+    if not reason:
+        raise DecisionRefused("A reason is required.")
+    try:
+        with transaction(rt.engine) as session:
+            now = rt.clock()
+            draft = _load(session, draft_id, version)
+            refusal = policy.refusal_to_decide(reviewer, reviewers=reviewers, requested_by=None)
+            if refusal:
+                raise _Denied(refusal)
+            won = queries.transition(
+                session,
+                draft.id,
+                from_=("pending",),
+                to="rejected",
+                where={"version": draft.version},
+                decided_by=user,
+                decided_at=now,
+                updated_at=now,
+            )
+            if not won:
+                raise _Lost()
+            session.add(Decision(draft_id=draft.id, action="reject", by=user, reason=reason, at=now))
+            record_change(
+                session,
+                rt,
+                draft,
+                actor=f"slack:{user}",
+                action="draft.rejected",
+                before={"status": "pending"},
+                after={"status": "rejected", "reason": reason},
+                now=now,
+            )
+    except _Lost:
+        raise DecisionRefused(_who_decided(rt, draft_id)) from None
+    except _Denied as denied:
+        raise _refuse_audited(
+            rt, user=user, action="draft.reject_denied", subject=draft_id, why=denied.why
+        ) from None
+    rt.wake_outbox()
+    return Outcome(message="Rejected; the agent gets your reason.", final=True)
+
+
+def retry(
+    rt: Runtime,
+    *,
+    draft_id: str,
+    version: int,
+    user: str,
+    reviewers: frozenset[str],
+    reviewer: policy.Reviewer,
+) -> Outcome:
+    """Send a failed or unreconciled action to the executor again, with the same idempotency key."""
+    try:
+        with transaction(rt.engine) as session:
+            now = rt.clock()
+            draft = _load(session, draft_id, version)
+            refusal = policy.refusal_to_decide(reviewer, reviewers=reviewers, requested_by=draft.requested_by)
+            if refusal:
+                raise _Denied(refusal)
+            category = rt.config.categories.get(draft.category)
+            if category is None or category.executor is None:
+                raise DecisionRefused("This category has no executor to retry.")
+            blocked = _control_refusal(session, draft, now)
+            if blocked:
+                raise DecisionRefused(blocked)
+            if draft.status == "failed":
+                # A failure released the reservation: take it again, or refuse.
+                count_cap, amount_cap = caps.limits(session, category)
+                day = policy.cap_day(now, rt.config.timezone)
+                if (
+                    queries.reserve_cap(
+                        session,
+                        scope=caps.scope(category.name),
+                        day=day,
+                        amount_minor=draft.amount_minor or 0,
+                        count_cap=count_cap,
+                        amount_cap_minor=amount_cap,
+                    )
+                    is None
+                ):
+                    raise DecisionRefused("Retrying would exceed today's cap.")
+            else:
+                day = draft.reservation_day or policy.cap_day(now, rt.config.timezone)
+            won = queries.transition(
+                session,
+                draft.id,
+                from_=("failed", "needs_reconciliation"),
+                to="approved",
+                updated_at=now,
+                reservation_day=day,
+                execution_status="pending",
+                execution_ambiguous=False,
+            )
+            if not won:
+                raise _Lost()
+            record_change(
+                session,
+                rt,
+                draft,
+                actor=f"slack:{user}",
+                action="draft.retry",
+                before={"status": draft.status},
+                after={"status": "approved"},
+                now=now,
+            )
+            queries.enqueue(
+                session,
+                "executor.call",
+                {"draft_id": draft.id},
+                now=now,
+                agent_id=draft.agent_id,
+                category=draft.category,
+                max_attempts=rt.executor_attempts,
+            )
+    except _Lost:
+        raise DecisionRefused(_who_decided(rt, draft_id)) from None
+    except _Denied as denied:
+        raise _refuse_audited(
+            rt, user=user, action="draft.retry_denied", subject=draft_id, why=denied.why
+        ) from None
+    rt.wake_outbox()
+    return Outcome(message="Sent to the executor again with the same idempotency key.", final=True)
+
+
+def expire_due(rt: Runtime) -> int:
+    """Expire every pending draft past its deadline; nothing is ever approved by timeout."""
+    now = rt.clock()
+    expired = 0
+    with transaction(rt.engine) as session:
+        due = session.exec(
+            select(Draft).where(Draft.status == "pending", Draft.expires_at <= now).limit(200)
+        ).all()
+        for draft in due:
+            if queries.transition(
+                session, draft.id, from_=("pending",), to="expired", updated_at=now, decided_at=now
+            ):
+                record_change(
+                    session,
+                    rt,
+                    draft,
+                    actor="system:expiry",
+                    action="draft.expired",
+                    before={"status": "pending"},
+                    after={"status": "expired"},
+                    now=now,
+                )
+                expired += 1
+    if expired:
+        rt.wake_outbox()
+    return expired
+
+
+def edit_diff(before: str, after: str, user: str) -> str:
+    """A unified diff of an edit, for the message thread."""
+    lines = difflib.unified_diff(
+        before.splitlines(), after.splitlines(), "agent draft", "approved", lineterm="", n=1
+    )
+    diff = "\n".join(lines)
+    fence = "`" * 3
+    safe = diff[:2800].replace(fence, "'" * 3)
+    return f"<@{user}> edited the draft before approving:\n{fence}\n{safe}\n{fence}"
+
+
+def agent_of(session: Session, draft: Draft) -> Any:
+    return session.get(Agent, draft.agent_id)

@@ -1,0 +1,160 @@
+"""Reviewing from Slack: resolve who clicked, then run the decision in the database.
+
+The Slack lookups (users.info, user groups) happen here, before the transaction, so the
+transaction itself is short; if Slack cannot say who the user is, nothing is decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+
+from slack_sdk.errors import SlackApiError
+
+from bot import decisions, manual, policy
+from bot.decisions import Outcome
+from bot.errors import DecisionRefused
+from bot.runtime import Runtime
+from bot.settings import Category, currency_exponent
+from bot.slack import Directory
+from storage.db import transaction
+from storage.tables import Draft
+
+VALUE_RE = re.compile(r"^(d_[a-z2-7]{1,40}):([0-9]{1,6})$")
+
+
+@dataclass(frozen=True)
+class EditForm:
+    draft_id: str
+    version: int
+    body: str
+    amount_text: str | None
+
+
+def parse_value(value: str) -> tuple[str, int]:
+    """A button's value, `draft_id:version`; anything else is refused."""
+    match = VALUE_RE.match(value or "")
+    if match is None:
+        raise DecisionRefused("This button is not one of Countersign's.")
+    return match.group(1), int(match.group(2))
+
+
+def parse_amount(text: str, currency: str) -> Decimal:
+    try:
+        return policy.parse_api_amount(text.strip(), currency_exponent(currency))
+    except ValueError as exc:
+        raise DecisionRefused(f"Amount: {exc}") from None
+
+
+@dataclass
+class Reviewing:
+    rt: Runtime
+    directory: Directory
+
+    def _category(self, draft_id: str) -> tuple[Draft, Category]:
+        with transaction(self.rt.engine) as session:
+            draft = session.get(Draft, draft_id)
+        if draft is None:
+            raise DecisionRefused("This draft no longer exists.")
+        category = self.rt.config.categories.get(draft.category)
+        if category is None:
+            raise DecisionRefused(f"Category {draft.category!r} is no longer configured.")
+        return draft, category
+
+    async def who(self, user: str, category: Category) -> tuple[frozenset[str], policy.Reviewer]:
+        """The category's reviewers and what Slack says about `user`; fail closed on Slack errors."""
+        try:
+            reviewers = await self.directory.reviewers(category)
+            reviewer = await self.directory.reviewer(user)
+        except SlackApiError as exc:
+            error = exc.response.get("error") if hasattr(exc.response, "get") else "unknown"
+            raise DecisionRefused(
+                f"Slack could not confirm who you are ({error}); nothing was decided."
+            ) from None
+        return reviewers, reviewer
+
+    async def draft_for_review(self, *, user: str, value: str) -> tuple[Draft, Category]:
+        """The pending draft behind a button, after checking that `user` may review it."""
+        draft_id, version = parse_value(value)
+        draft, category = await asyncio.to_thread(self._category, draft_id)
+        reviewers, reviewer = await self.who(user, category)
+        refusal = policy.refusal_to_decide(reviewer, reviewers=reviewers, requested_by=None)
+        if refusal:
+            raise DecisionRefused(refusal)
+        if draft.version != version:
+            raise DecisionRefused(
+                f"This draft changed since that message was shown; review version {draft.version}."
+            )
+        if draft.status != "pending":
+            raise DecisionRefused(f"Already {draft.status.replace('_', ' ')}.")
+        return draft, category
+
+    async def approve(self, *, user: str, value: str) -> Outcome:
+        draft_id, version = parse_value(value)
+        _, category = await asyncio.to_thread(self._category, draft_id)
+        reviewers, reviewer = await self.who(user, category)
+        return await asyncio.to_thread(
+            decisions.approve,
+            self.rt,
+            draft_id=draft_id,
+            version=version,
+            user=user,
+            reviewers=reviewers,
+            reviewer=reviewer,
+        )
+
+    async def approve_edited(self, *, user: str, form: EditForm) -> Outcome:
+        _, category = await asyncio.to_thread(self._category, form.draft_id)
+        amount = None if form.amount_text is None else parse_amount(form.amount_text, category.currency)
+        reviewers, reviewer = await self.who(user, category)
+        return await asyncio.to_thread(
+            decisions.approve,
+            self.rt,
+            draft_id=form.draft_id,
+            version=form.version,
+            user=user,
+            reviewers=reviewers,
+            reviewer=reviewer,
+            edited_body=form.body,
+            edited_amount=amount,
+        )
+
+    async def reject(self, *, user: str, draft_id: str, version: int, reason: str) -> Outcome:
+        _, category = await asyncio.to_thread(self._category, draft_id)
+        reviewers, reviewer = await self.who(user, category)
+        return await asyncio.to_thread(
+            decisions.reject,
+            self.rt,
+            draft_id=draft_id,
+            version=version,
+            user=user,
+            reviewers=reviewers,
+            reviewer=reviewer,
+            reason=reason,
+        )
+
+    async def retry(self, *, user: str, value: str) -> Outcome:
+        draft_id, version = parse_value(value)
+        _, category = await asyncio.to_thread(self._category, draft_id)
+        reviewers, reviewer = await self.who(user, category)
+        return await asyncio.to_thread(
+            decisions.retry,
+            self.rt,
+            draft_id=draft_id,
+            version=version,
+            user=user,
+            reviewers=reviewers,
+            reviewer=reviewer,
+        )
+
+    async def manual(self, *, user: str, value: str, action: str) -> Outcome:
+        """Claim or close a manual-queue item."""
+        draft_id, _ = parse_value(value)
+        _, category = await asyncio.to_thread(self._category, draft_id)
+        reviewers, reviewer = await self.who(user, category)
+        refusal = policy.refusal_to_decide(reviewer, reviewers=reviewers, requested_by=None)
+        if refusal:
+            raise DecisionRefused(refusal)
+        return await asyncio.to_thread(manual.act, self.rt, draft_id=draft_id, user=user, action=action)

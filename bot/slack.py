@@ -1,0 +1,245 @@
+"""Outbound Slack: the Web API client, reviewer lookups, and the outbox jobs that post messages.
+
+A draft is posted by exactly one job (the one enqueued at submission); every later job only
+updates the stored (channel, ts), so a retried or duplicated job never posts a second message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import cards, policy
+from bot.outbox import Permanent, RetryLater
+from bot.runtime import Runtime
+from bot.settings import Category, Settings
+from handlers import blocks
+from storage import queries
+from storage.db import transaction
+from storage.tables import OutboxJob
+
+log = logging.getLogger(__name__)
+
+# Errors no retry can fix: a bad channel, a revoked token, a message Slack refuses.
+PERMANENT_ERRORS = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "invalid_blocks",
+        "msg_too_long",
+        "no_text",
+        "missing_scope",
+        "message_not_found",
+        "cant_update_message",
+    }
+)
+
+
+def make_client(settings: Settings, *, timeout: int = 10) -> AsyncWebClient:
+    """The Web API client: base URL from the environment, retries for 429, 5xx and dropped connections."""
+    return AsyncWebClient(
+        token=settings.slack_bot_token,
+        base_url=settings.slack_api_url,
+        timeout=timeout,
+        retry_handlers=[
+            AsyncConnectionErrorRetryHandler(max_retry_count=2),
+            AsyncRateLimitErrorRetryHandler(max_retry_count=1),
+            AsyncServerErrorRetryHandler(max_retry_count=2),
+        ],
+    )
+
+
+def classify(error: SlackApiError) -> Exception:
+    """Turn a Slack failure into the outbox's retry decision."""
+    response = error.response
+    status = getattr(response, "status_code", 0)
+    if status == 429:
+        retry_after = response.headers.get("Retry-After") or response.headers.get("retry-after")
+        return RetryLater("slack ratelimited", retry_after=float(retry_after) if retry_after else None)
+    code = response.get("error") if hasattr(response, "get") else None
+    if code in PERMANENT_ERRORS:
+        return Permanent(f"slack error {code}")
+    return RetryLater(f"slack error {code or status}")
+
+
+@dataclass
+class ChannelPacer:
+    """Slack allows about one message per second per channel, with short bursts."""
+
+    burst: int = 3
+    per_second: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    _next: dict[str, list[float]] = field(default_factory=dict)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    async def wait(self, channel: str) -> None:
+        lock = self._locks.setdefault(channel, asyncio.Lock())
+        async with lock:
+            recent = [
+                t for t in self._next.get(channel, []) if self.clock() - t < self.burst / self.per_second
+            ]
+            if len(recent) >= self.burst:
+                await asyncio.sleep(
+                    max(0.0, recent[-self.burst] + self.burst / self.per_second - self.clock())
+                )
+            recent.append(self.clock())
+            self._next[channel] = recent[-self.burst :]
+
+
+@dataclass
+class Directory:
+    """Who may review: users.info and usergroups.users.list, cached (usergroups are Tier 2)."""
+
+    client: AsyncWebClient
+    ttl: float = 300.0
+    clock: Callable[[], float] = time.monotonic
+    _users: dict[str, tuple[float, policy.Reviewer]] = field(default_factory=dict)
+    _groups: dict[str, tuple[float, frozenset[str]]] = field(default_factory=dict)
+
+    async def reviewer(self, user_id: str) -> policy.Reviewer:
+        """What Slack says about a user; raises SlackApiError when it cannot tell (fail closed)."""
+        cached = self._users.get(user_id)
+        if cached and self.clock() - cached[0] < self.ttl:
+            return cached[1]
+        response = await self.client.users_info(user=user_id)
+        user: dict[str, Any] = response["user"]
+        reviewer = policy.Reviewer(
+            user_id=user_id,
+            deleted=bool(user.get("deleted")),
+            is_bot=bool(user.get("is_bot")) or bool(user.get("is_app_user")),
+            is_guest=bool(user.get("is_restricted")) or bool(user.get("is_ultra_restricted")),
+        )
+        self._users[user_id] = (self.clock(), reviewer)
+        return reviewer
+
+    async def reviewers(self, category: Category) -> frozenset[str]:
+        """The category's reviewers: listed ids plus the members of its user group."""
+        if category.reviewer_group is None:
+            return category.reviewers
+        cached = self._groups.get(category.reviewer_group)
+        if cached and self.clock() - cached[0] < self.ttl:
+            return category.reviewers | cached[1]
+        response = await self.client.usergroups_users_list(usergroup=category.reviewer_group)
+        members = frozenset(response.get("users") or [])
+        self._groups[category.reviewer_group] = (self.clock(), members)
+        return category.reviewers | members
+
+
+@dataclass
+class SlackJobs:
+    """The outbox handlers that talk to Slack."""
+
+    rt: Runtime
+    client: AsyncWebClient
+    pacer: ChannelPacer = field(default_factory=ChannelPacer)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def handlers(self) -> dict[str, Any]:
+        return {"slack.render": self.render, "slack.thread": self.thread, "slack.alert": self.alert}
+
+    async def render(self, job: OutboxJob) -> None:
+        """Post the draft's message the first time, update it every time after."""
+        draft_id = json.loads(job.payload)["draft_id"]
+        # One render per draft at a time in this process, reading the state inside the lock, so
+        # an older state never overwrites a newer one.
+        lock = self._locks.setdefault(draft_id, asyncio.Lock())
+        async with lock:
+            loaded = await asyncio.to_thread(cards.load_card, self.rt, draft_id)
+            if loaded is None:
+                return
+            card, place = loaded
+            text, content = blocks.fallback_text(card), blocks.draft_blocks(card)
+            try:
+                if place.ts is None:
+                    if not json.loads(job.payload).get("post"):
+                        raise RetryLater("draft message not posted yet", retry_after=2)
+                    await self.pacer.wait(place.channel)
+                    response = await self.client.chat_postMessage(
+                        channel=place.channel,
+                        text=text,
+                        blocks=content,
+                        unfurl_links=False,
+                        unfurl_media=False,
+                    )
+                    await asyncio.to_thread(self._store_ts, card, response["channel"], response["ts"])
+                else:
+                    await self.client.chat_update(
+                        channel=place.channel, ts=place.ts, text=text, blocks=content
+                    )
+            except SlackApiError as exc:
+                raise classify(exc) from None
+        if len(self._locks) > 10_000:
+            self._locks.clear()
+
+    def _store_ts(self, rendered: blocks.DraftCard, channel: str, ts: str) -> None:
+        with transaction(self.rt.engine) as session:
+            queries.update_draft(
+                session, rendered.id, where={"slack_ts": None}, slack_channel=channel, slack_ts=ts
+            )
+        # A change committed while the post was in flight found no ts to update: render it now.
+        current = cards.load_card(self.rt, rendered.id)
+        if current is not None and current[0] != rendered:
+            with transaction(self.rt.engine) as session:
+                queries.enqueue(session, "slack.render", {"draft_id": rendered.id}, now=self.rt.clock())
+
+    async def thread(self, job: OutboxJob) -> None:
+        """A reply in the draft message's thread (e.g. the diff of an edit)."""
+        payload = json.loads(job.payload)
+        loaded = await asyncio.to_thread(cards.load_card, self.rt, payload["draft_id"])
+        if loaded is None:
+            return
+        _, place = loaded
+        if place.ts is None:
+            raise RetryLater("draft message not posted yet", retry_after=2)
+        try:
+            await self.client.chat_postMessage(
+                channel=place.channel, thread_ts=place.ts, text=payload["text"]
+            )
+        except SlackApiError as exc:
+            raise classify(exc) from None
+
+    async def alert(self, job: OutboxJob) -> None:
+        """A line in the alerts channel (pause, caps, offline agents, delivery failures)."""
+        channel = self.rt.config.alerts_channel
+        if channel is None:
+            return
+        text = json.loads(job.payload)["text"]
+        try:
+            await self.pacer.wait(channel)
+            await self.client.chat_postMessage(channel=channel, text=text, unfurl_links=False)
+        except SlackApiError as exc:
+            raise classify(exc) from None
+
+    async def render_gave_up(self, job: OutboxJob, error: str) -> None:
+        draft_id = json.loads(job.payload).get("draft_id")
+
+        def enqueue() -> None:
+            with transaction(self.rt.engine) as session:
+                queries.enqueue(
+                    session,
+                    "slack.alert",
+                    {
+                        "text": f":warning: Could not deliver the Slack message of draft `{draft_id}`: {error[:300]}"
+                    },
+                    now=self.rt.clock(),
+                )
+
+        await asyncio.to_thread(enqueue)

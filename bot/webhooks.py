@@ -1,0 +1,259 @@
+"""Outgoing webhooks: the executor call and agent callbacks, signed with Standard Webhooks.
+
+The executor gets the draft id as both `webhook-id` and `Idempotency-Key` on every attempt,
+so it can deduplicate; an attempt that was sent but got no answer marks the outcome unknown,
+and after the last retry the draft needs reconciliation, never a silent failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+from sqlmodel import select
+
+from bot import caps, policy
+from bot.drafts import agent_view, record_change
+from bot.outbox import RetryLater
+from bot.runtime import Runtime
+from bot.settings import Executor
+from storage import queries
+from storage.db import transaction
+from storage.tables import Agent, Decision, Draft, OutboxJob
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
+RETRYABLE_STATUS = frozenset({408, 425, 429})
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The Standard Webhooks signature header value, `v1,<base64 HMAC-SHA256>`."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, msg_id, timestamp, body),
+        "Idempotency-Key": msg_id,
+    }
+
+
+def retry_after(value: str | None, now: datetime) -> float | None:
+    """Retry-After as delay-seconds or as an HTTP date."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - now).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class Attempt:
+    draft_id: str
+    executor: Executor
+    body: bytes
+
+
+class WebhookJobs:
+    """Outbox handlers for `executor.call` and `callback.send`."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._http: aiohttp.ClientSession | None = None
+
+    def handlers(self) -> dict[str, Any]:
+        return {"executor.call": self.execute, "callback.send": self.callback}
+
+    def give_up(self) -> dict[str, Any]:
+        return {"executor.call": self.execute_gave_up}
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(timeout=TIMEOUT)
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    async def execute(self, job: OutboxJob) -> None:
+        draft_id = json.loads(job.payload)["draft_id"]
+        attempt = await asyncio.to_thread(self._begin, draft_id)
+        if attempt is None:
+            return
+        timestamp = int(self.rt.clock().timestamp())
+        headers = signed_headers(attempt.executor.secret, draft_id, timestamp, attempt.body)
+        try:
+            async with self.http.post(
+                attempt.executor.url, data=attempt.body, headers=headers, allow_redirects=False
+            ) as response:
+                status, text = response.status, (await response.text())[:500]
+                wait = retry_after(response.headers.get("Retry-After"), self.rt.clock())
+        except aiohttp.ClientConnectorError as exc:
+            # Never connected: the executor cannot have acted.
+            await asyncio.to_thread(self._note, draft_id, f"connect failed: {exc}", ambiguous=False)
+            raise RetryLater(f"executor unreachable: {exc}") from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            await asyncio.to_thread(
+                self._note, draft_id, f"sent, no answer: {type(exc).__name__}", ambiguous=True
+            )
+            raise RetryLater(f"executor outcome unknown: {type(exc).__name__}") from None
+        if 200 <= status < 300:
+            await asyncio.to_thread(self._finish, draft_id, ok=True, error=None)
+        elif status in RETRYABLE_STATUS or status >= 500:
+            await asyncio.to_thread(self._note, draft_id, f"HTTP {status}: {text}", ambiguous=False)
+            raise RetryLater(f"executor answered {status}", retry_after=wait)
+        else:
+            # 3xx (redirects are not followed) and other 4xx: the executor refused; retrying cannot help.
+            await asyncio.to_thread(self._finish, draft_id, ok=False, error=f"HTTP {status}: {text}")
+
+    def _begin(self, draft_id: str) -> Attempt | None:
+        """Re-check, in the attempt's own transaction, that the action may still run."""
+        with transaction(self.rt.engine) as session:
+            draft = session.get(Draft, draft_id)
+            if draft is None or draft.status != "approved":
+                return None
+            category = self.rt.config.categories.get(draft.category)
+            if category is None or category.executor is None:
+                return None
+            agent = session.get(Agent, draft.agent_id)
+            controls = queries.get_controls(session, ["pause:all", f"mode:{draft.category}"])
+            manual = policy.is_manual(controls.get(f"mode:{draft.category}"), self.rt.clock())
+            if agent is None or agent.state == "paused" or "pause:all" in controls or manual:
+                raise RetryLater("held: agent paused or category manual", retry_after=5)
+            queries.update_draft(
+                session,
+                draft.id,
+                where={"status": "approved"},
+                execution_attempts=draft.execution_attempts + 1,
+            )
+            approvers = session.exec(
+                select(Decision.by).where(Decision.draft_id == draft.id, Decision.action != "reject")
+            ).all()
+            body = {
+                "draft_id": draft.id,
+                "category": draft.category,
+                "agent": agent.name,
+                "payload": json.loads(draft.payload),
+                "approved_body": draft.approved_body,
+                "amount": agent_view(session, draft)["amount"],
+                "currency": draft.currency,
+                "approvers": list(dict.fromkeys(approvers)),
+            }
+            return Attempt(draft.id, category.executor, json.dumps(body, sort_keys=True).encode())
+
+    def _note(self, draft_id: str, error: str, *, ambiguous: bool) -> None:
+        with transaction(self.rt.engine) as session:
+            values: dict[str, Any] = {"execution_last_error": error[:500], "updated_at": self.rt.clock()}
+            if ambiguous:
+                values["execution_ambiguous"] = True
+            queries.update_draft(session, draft_id, where={"status": "approved"}, **values)
+
+    def _finish(self, draft_id: str, *, ok: bool, error: str | None, unknown: bool = False) -> None:
+        now = self.rt.clock()
+        to = "executed" if ok else ("needs_reconciliation" if unknown else "failed")
+        with transaction(self.rt.engine) as session:
+            draft = session.get(Draft, draft_id)
+            if draft is None:
+                return
+            moved = queries.transition(
+                session,
+                draft_id,
+                from_=("approved",),
+                to=to,
+                updated_at=now,
+                execution_status="succeeded" if ok else to,
+                execution_last_error=error[:500] if error else draft.execution_last_error if not ok else None,
+            )
+            if not moved:
+                return
+            if to == "failed" and draft.reservation_day:
+                queries.release_cap(
+                    session,
+                    scope=caps.scope(draft.category),
+                    day=draft.reservation_day,
+                    amount_minor=draft.amount_minor or 0,
+                )
+            record_change(
+                session,
+                self.rt,
+                draft,
+                actor="system:executor",
+                action=f"draft.{to}",
+                before={"status": "approved"},
+                after={"status": to, "error": error},
+                now=now,
+            )
+            if not ok:
+                what = "outcome is unknown: check the target system before retrying" if unknown else "failed"
+                queries.enqueue(
+                    session,
+                    "slack.alert",
+                    {
+                        "text": f":rotating_light: Execution of draft `{draft_id}` ({draft.category}) {what}: {error}"
+                    },
+                    now=now,
+                )
+        self.rt.wake_outbox()
+
+    async def execute_gave_up(self, job: OutboxJob, error: str) -> None:
+        draft_id = json.loads(job.payload)["draft_id"]
+
+        def decide() -> None:
+            with transaction(self.rt.engine) as session:
+                draft = session.get(Draft, draft_id)
+                unknown = bool(draft and draft.execution_ambiguous)
+            self._finish(
+                draft_id, ok=False, error=f"gave up after {job.attempts} attempts: {error}", unknown=unknown
+            )
+
+        await asyncio.to_thread(decide)
+
+    async def callback(self, job: OutboxJob) -> None:
+        """Tell the agent its draft changed; a failing callback is retried but never blocks the draft."""
+        payload = json.loads(job.payload)
+
+        def load() -> tuple[str, str, bytes] | None:
+            with transaction(self.rt.engine) as session:
+                draft = session.get(Draft, payload["draft_id"])
+                if draft is None or not draft.callback_url:
+                    return None
+                agent = session.get(Agent, draft.agent_id)
+                if agent is None:
+                    return None
+                body = {"type": payload["event"], "draft": agent_view(session, draft)}
+                return draft.callback_url, agent.callback_secret, json.dumps(body).encode()
+
+        loaded = await asyncio.to_thread(load)
+        if loaded is None:
+            return
+        url, secret, body = loaded
+        msg_id = f"cb_{job.id}"
+        headers = signed_headers(secret, msg_id, int(self.rt.clock().timestamp()), body)
+        try:
+            async with self.http.post(url, data=body, headers=headers, allow_redirects=False) as response:
+                status = response.status
+                wait = retry_after(response.headers.get("Retry-After"), self.rt.clock())
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise RetryLater(f"callback failed: {type(exc).__name__}") from None
+        if not 200 <= status < 300:
+            raise RetryLater(f"callback answered {status}", retry_after=wait)

@@ -1,0 +1,23 @@
+"""The /agent slash command: parse the text, run one control use-case, answer privately."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
+
+from bot.control import HELP
+from handlers import ids
+from handlers.context import services
+
+
+async def agent_command(
+    ack: AsyncAck, command: dict[str, Any], context: AsyncBoltContext, respond: AsyncRespond
+) -> None:
+    await ack()
+    text = await services(context).control.run(user=command["user_id"], text=command.get("text") or "")
+    await respond(text=text or HELP, response_type="ephemeral")
+
+
+def register(app: AsyncApp) -> None:
+    app.command(ids.COMMAND)(agent_command)

@@ -1,0 +1,109 @@
+"""Modal submissions: Edit (approves the edited text) and Reject (needs a reason)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.errors import DecisionRefused
+from bot.review import EditForm, parse_value
+from bot.schemas import clean_text
+from handlers import ids
+from handlers.context import services
+
+
+def _value(view: dict[str, Any], block: str, action: str) -> str:
+    state = view.get("state", {}).get("values", {})
+    return str(state.get(block, {}).get(action, {}).get("value") or "")
+
+
+def _meta(view: dict[str, Any]) -> dict[str, Any]:
+    try:
+        meta = json.loads(view.get("private_metadata") or "{}")
+    except ValueError:
+        raise DecisionRefused("This form is not one of Countersign's.") from None
+    parse_value(f"{meta.get('draft_id')}:{meta.get('version')}")
+    return meta if isinstance(meta, dict) else {}
+
+
+async def _notify(client: AsyncWebClient, meta: dict[str, Any], user: str, text: str) -> None:
+    """Modals have no response_url: tell the user privately in the draft's channel, or by DM."""
+    channel = meta.get("channel") or user
+    await client.chat_postEphemeral(channel=channel, user=user, text=text)
+
+
+async def edit_submitted(
+    ack: AsyncAck,
+    body: dict[str, Any],
+    view: dict[str, Any],
+    context: AsyncBoltContext,
+    client: AsyncWebClient,
+) -> None:
+    text = _value(view, ids.EDIT_BODY_BLOCK, ids.EDIT_BODY_INPUT)
+    amount_text = _value(view, ids.EDIT_AMOUNT_BLOCK, ids.EDIT_AMOUNT_INPUT)
+    errors = {}
+    try:
+        clean_text(text)
+    except ValueError as exc:
+        errors[ids.EDIT_BODY_BLOCK] = str(exc)
+    if not text.strip():
+        errors[ids.EDIT_BODY_BLOCK] = "The reply cannot be empty."
+    try:
+        meta = _meta(view)
+    except DecisionRefused as refused:
+        errors[ids.EDIT_BODY_BLOCK] = refused.message
+        meta = {}
+    if errors:
+        await ack(response_action="errors", errors=errors)
+        return
+    await ack()
+    user = body["user"]["id"]
+    form = EditForm(
+        draft_id=meta["draft_id"],
+        version=int(meta["version"]),
+        body=text,
+        amount_text=amount_text.strip() or None,
+    )
+    try:
+        outcome = await services(context).reviewing.approve_edited(user=user, form=form)
+    except DecisionRefused as refused:
+        await _notify(client, meta, user, refused.message)
+        return
+    await _notify(client, meta, user, outcome.message)
+
+
+async def reject_submitted(
+    ack: AsyncAck,
+    body: dict[str, Any],
+    view: dict[str, Any],
+    context: AsyncBoltContext,
+    client: AsyncWebClient,
+) -> None:
+    reason = _value(view, ids.REJECT_REASON_BLOCK, ids.REJECT_REASON_INPUT)
+    try:
+        meta = _meta(view)
+        clean_text(reason)
+    except (DecisionRefused, ValueError) as exc:
+        await ack(response_action="errors", errors={ids.REJECT_REASON_BLOCK: str(exc)})
+        return
+    if not reason.strip():
+        await ack(response_action="errors", errors={ids.REJECT_REASON_BLOCK: "A reason is required."})
+        return
+    await ack()
+    user = body["user"]["id"]
+    try:
+        outcome = await services(context).reviewing.reject(
+            user=user, draft_id=meta["draft_id"], version=int(meta["version"]), reason=reason
+        )
+    except DecisionRefused as refused:
+        await _notify(client, meta, user, refused.message)
+        return
+    await _notify(client, meta, user, outcome.message)
+
+
+def register(app: AsyncApp) -> None:
+    app.view(ids.EDIT_MODAL)(edit_submitted)
+    app.view(ids.REJECT_MODAL)(reject_submitted)

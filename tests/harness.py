@@ -1,0 +1,201 @@
+"""An in-process Countersign wired to the Slack double and a webhook receiver, for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from aiohttp.test_utils import TestClient, TestServer
+from sqlmodel import col
+
+from bot import agents
+from bot.app import Options, create_app
+from bot.runtime import Runtime
+from bot.settings import load_settings
+from handlers.agent_api import RUNTIME
+from storage.tables import Draft
+from tests.conftest import SIGNING_SECRET, make_env, write_config
+from tests.doubles import signing
+from tests.doubles.receiver import Receiver
+from tests.doubles.slack_api import SlackDouble
+
+USERS: dict[str, dict[str, Any]] = {
+    "U0ALICE": {"name": "alice"},
+    "U0BOB": {"name": "bob"},
+    "U0CAROL": {"name": "carol"},
+    "U0ADMIN": {"name": "admin", "is_admin": True},
+    "U0OUT": {"name": "outsider"},
+    "U0GUEST": {"name": "guest", "is_restricted": True},
+    "U0GONE": {"name": "gone", "deleted": True},
+}
+
+
+class ShiftedClock:
+    """Real time plus an offset the test can push forward (expiry, leases)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, **kwargs: float) -> None:
+        self.offset += timedelta(**kwargs)
+
+
+@dataclass
+class Harness:
+    client: TestClient[Any, Any]
+    slack: SlackDouble
+    executor: Receiver
+    callbacks: Receiver
+    rt: Runtime
+    clock: ShiftedClock
+    token: str
+    callback_secret: str
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def submit(self, **fields: Any) -> dict[str, Any]:
+        body = {
+            "category": "refund",
+            "summary": "Refund order 1042",
+            "body": "Hi Dana, I've refunded $30.00 to your card.",
+            "context": "My order 1042 arrived broken, I want a refund please.",
+            "amount": "30.00",
+        } | fields
+        response = await self.client.post("/v1/drafts", json=body, headers=self.auth())
+        assert response.status == 202, await response.text()
+        return await response.json()  # type: ignore[no-any-return]
+
+    async def draft(self, draft_id: str) -> dict[str, Any]:
+        response = await self.client.get(f"/v1/drafts/{draft_id}", headers=self.auth())
+        return await response.json()  # type: ignore[no-any-return]
+
+    async def posted(self, draft_id: str) -> dict[str, Any]:
+        """The Slack message of a draft, once the outbox has posted it."""
+
+        def find() -> dict[str, Any] | None:
+            with self.rt.engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(col(Draft.slack_channel), col(Draft.slack_ts)).where(col(Draft.id) == draft_id)
+                ).first()
+            if row is None or row[1] is None:
+                return None
+            return self.slack.messages.get((row[0], row[1]))
+
+        return await eventually(find)
+
+    async def post_signed(self, request: signing.SignedRequest) -> tuple[int, str]:
+        response = await self.client.post("/slack/events", data=request.body, headers=request.headers)
+        return response.status, await response.text()
+
+    async def click(self, user: str, action_id: str, draft_id: str, *, version: int = 1) -> tuple[int, str]:
+        message = await self.posted(draft_id)
+        return await self.post_signed(
+            signing.block_action(
+                SIGNING_SECRET,
+                user_id=user,
+                action_id=action_id,
+                value=f"{draft_id}:{version}",
+                block_id=f"draft:{draft_id}",
+                channel_id=message["channel"],
+                message_ts=message["ts"],
+                response_url=self.slack.response_url(),
+            )
+        )
+
+    async def submit_view(
+        self, user: str, callback_id: str, meta: str, values: dict[str, Any]
+    ) -> tuple[int, str]:
+        return await self.post_signed(
+            signing.view_submission(
+                SIGNING_SECRET,
+                user_id=user,
+                callback_id=callback_id,
+                private_metadata=meta,
+                state_values=values,
+            )
+        )
+
+    def ephemeral_texts(self) -> list[str]:
+        return [str((r.get("json") or {}).get("text")) for r in self.slack.responses] + [
+            str(e.get("text")) for e in self.slack.ephemerals
+        ]
+
+    async def status(self, draft_id: str, status: str) -> dict[str, Any]:
+        async def check() -> dict[str, Any] | None:
+            view = await self.draft(draft_id)
+            return view if view["status"] == status else None
+
+        return await eventually_async(check)
+
+
+async def eventually(probe: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+async def eventually_async(probe: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def harness(db_url: str, tmp_path: Path, *, executor_attempts: int = 3) -> AsyncIterator[Harness]:
+    slack = SlackDouble(users=USERS)
+    executor, callbacks = Receiver(), Receiver()
+    await slack.start()
+    await executor.start()
+    await callbacks.start()
+    try:
+        config = write_config(tmp_path, executor_url=executor.url + "/refunds")
+        settings = load_settings(make_env(db_url, config, slack.base_url))
+        clock = ShiftedClock()
+        options = Options(
+            clock=clock,
+            outbox_poll=0.02,
+            schedule_every=0.05,
+            backoff_base=0.02,
+            executor_attempts=executor_attempts,
+        )
+        app = create_app(settings, options)
+        rt = app[RUNTIME]
+        registered = agents.add(
+            rt, name="support-bot", categories=["refund", "reply"], callback_prefixes=[callbacks.url + "/"]
+        )
+        async with TestClient(TestServer(app)) as client:
+            yield Harness(
+                client=client,
+                slack=slack,
+                executor=executor,
+                callbacks=callbacks,
+                rt=rt,
+                clock=clock,
+                token=registered.token,
+                callback_secret=registered.callback_secret,
+            )
+    finally:
+        await callbacks.stop()
+        await executor.stop()
+        await slack.stop()

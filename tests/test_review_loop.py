@@ -1,0 +1,350 @@
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from standardwebhooks import Webhook
+
+from handlers import ids
+from storage.tables import AuditEvent, Draft
+from tests.conftest import EXECUTOR_SECRET, SIGNING_SECRET
+from tests.doubles import signing
+from tests.harness import Harness, eventually, harness
+
+
+@pytest.fixture
+async def h(db_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with harness(db_url, tmp_path) as value:
+        yield value
+
+
+def blocks_text(message: dict[str, Any]) -> str:
+    return json.dumps(message.get("blocks") or [], ensure_ascii=False)
+
+
+def has_buttons(message: dict[str, Any]) -> bool:
+    return any(b.get("type") == "actions" for b in message.get("blocks") or [])
+
+
+async def test_approve_executes_once_signed_and_updates_message(h: Harness) -> None:
+    created = await h.submit()
+    message = await h.posted(created["id"])
+    assert message["channel"] == "C0REFUNDS"
+    assert message["text"] and has_buttons(message)
+    assert "refund · 30.00 USD · support-bot" in blocks_text(message)
+
+    status, _ = await h.click("U0ALICE", ids.APPROVE, created["id"])
+    assert status == 200
+    view = await h.status(created["id"], "executed")
+    assert view["decisions"][0]["action"] == "approve" and view["decisions"][0]["by"] == "U0ALICE"
+    assert view["execution"]["status"] == "succeeded"
+
+    assert len(h.executor.requests) == 1
+    request = h.executor.requests[0]
+    assert request.headers["Idempotency-Key"] == created["id"] == request.headers["webhook-id"]
+    payload = Webhook(EXECUTOR_SECRET).verify(request.body, request.headers)
+    assert payload["draft_id"] == created["id"] and payload["amount"] == "30.00"
+    assert payload["approvers"] == ["U0ALICE"]
+
+    def updated() -> bool:
+        current = h.slack.message(message["channel"], message["ts"])
+        return not has_buttons(current) and "carried out" in blocks_text(current)
+
+    await eventually(updated)
+    posts = [c for c in h.slack.calls("chat.postMessage") if c.params.get("channel") == "C0REFUNDS"]
+    assert len(posts) == 1
+
+
+async def test_edit_opens_a_prefilled_modal_and_approves_the_edited_text(h: Harness) -> None:
+    created = await h.submit()
+    await h.click("U0BOB", ids.EDIT, created["id"])
+    opened = await eventually(lambda: h.slack.calls("views.open"))
+    view = opened[0].params["view"]
+    assert view["callback_id"] == ids.EDIT_MODAL
+    assert "I've refunded $30.00" in json.dumps(view["blocks"])
+    meta = view["private_metadata"]
+
+    edited = "Hi Dana, we refunded $30.00 to your original card; it shows in 3-5 days."
+    values = {
+        ids.EDIT_BODY_BLOCK: {ids.EDIT_BODY_INPUT: {"type": "plain_text_input", "value": edited}},
+        ids.EDIT_AMOUNT_BLOCK: {ids.EDIT_AMOUNT_INPUT: {"type": "plain_text_input", "value": "30.00"}},
+    }
+    status, _ = await h.submit_view("U0BOB", ids.EDIT_MODAL, meta, values)
+    assert status == 200
+    result = await h.status(created["id"], "executed")
+    assert result["edited"] is True and result["approved_body"] == edited
+    assert result["body"].startswith("Hi Dana, I've refunded")
+    assert result["decisions"][0]["action"] == "edit"
+    assert h.executor.requests[0].json["approved_body"] == edited
+    threads = await eventually(
+        lambda: [c for c in h.slack.calls("chat.postMessage") if c.params.get("thread_ts")]
+    )
+    assert (
+        "edited the draft" in threads[0].params["text"]
+        and "+Hi Dana, we refunded" in threads[0].params["text"]
+    )
+
+
+async def test_reject_requires_a_reason_and_returns_it_to_the_agent(h: Harness) -> None:
+    created = await h.submit(callback_url=h.callbacks.url + "/hook")
+    await h.click("U0ALICE", ids.REJECT, created["id"])
+    opened = await eventually(lambda: h.slack.calls("views.open"))
+    meta = opened[0].params["view"]["private_metadata"]
+
+    empty = {ids.REJECT_REASON_BLOCK: {ids.REJECT_REASON_INPUT: {"type": "plain_text_input", "value": "  "}}}
+    status, body = await h.submit_view("U0ALICE", ids.REJECT_MODAL, meta, empty)
+    assert status == 200 and json.loads(body)["response_action"] == "errors"
+    assert (await h.draft(created["id"]))["status"] == "pending"
+
+    reason = {
+        ids.REJECT_REASON_BLOCK: {
+            ids.REJECT_REASON_INPUT: {"type": "plain_text_input", "value": "Order was never delivered"}
+        }
+    }
+    await h.submit_view("U0ALICE", ids.REJECT_MODAL, meta, reason)
+    result = await h.status(created["id"], "rejected")
+    assert result["decisions"] == [
+        {
+            "action": "reject",
+            "by": "U0ALICE",
+            "reason": "Order was never delivered",
+            "at": result["decisions"][0]["at"],
+        }
+    ]
+    assert h.executor.requests == []
+    callback = await eventually(lambda: h.callbacks.requests)
+    body = Webhook(h.callback_secret).verify(callback[0].body, callback[0].headers)
+    assert body["type"] == "draft.rejected" and body["draft"]["status"] == "rejected"
+
+
+async def test_pending_draft_expires_and_its_message_loses_the_buttons(h: Harness) -> None:
+    created = await h.submit()
+    message = await h.posted(created["id"])
+    h.clock.advance(hours=4, seconds=1)
+    await h.status(created["id"], "expired")
+    await eventually(lambda: not has_buttons(h.slack.message(message["channel"], message["ts"])))
+    assert h.executor.requests == []
+    status, _ = await h.click("U0ALICE", ids.APPROVE, created["id"])
+    assert (await h.draft(created["id"]))["status"] == "expired"
+    await eventually(lambda: any("Already expired" in t for t in h.ephemeral_texts()))
+
+
+async def test_withdrawn_draft_is_shown_as_withdrawn(h: Harness) -> None:
+    created = await h.submit()
+    message = await h.posted(created["id"])
+    response = await h.client.delete(f"/v1/drafts/{created['id']}", headers=h.auth())
+    assert response.status == 200
+    await eventually(lambda: "Withdrawn" in blocks_text(h.slack.message(message["channel"], message["ts"])))
+
+
+async def test_executor_refusal_fails_then_retry_executes_with_the_same_key(h: Harness) -> None:
+    h.executor.script(400)
+    created = await h.submit()
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    failed = await h.status(created["id"], "failed")
+    assert failed["execution"]["status"] == "failed" and "400" in failed["execution"]["last_error"]
+    assert len(h.executor.requests) == 1  # 4xx is never retried
+    message = await h.posted(created["id"])
+    await eventually(lambda: ids.RETRY in blocks_text(h.slack.message(message["channel"], message["ts"])))
+    await eventually(
+        lambda: [c for c in h.slack.calls("chat.postMessage") if c.params.get("channel") == "C0ALERTS"]
+    )
+
+    await h.click("U0BOB", ids.RETRY, created["id"])
+    await h.status(created["id"], "executed")
+    keys = {r.headers["Idempotency-Key"] for r in h.executor.requests}
+    assert keys == {created["id"]} and len(h.executor.requests) == 2
+
+
+async def test_server_errors_are_retried_with_the_same_key_until_success(h: Harness) -> None:
+    h.executor.script(503, (429, {"Retry-After": "0"}))
+    created = await h.submit()
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    result = await h.status(created["id"], "executed")
+    assert result["execution"]["attempts"] == 3
+    assert [r.headers["Idempotency-Key"] for r in h.executor.requests] == [created["id"]] * 3
+
+
+async def test_unanswered_execution_ends_in_needs_reconciliation_never_failed(h: Harness) -> None:
+    h.executor.script("reset", "reset", "reset")
+    created = await h.submit()
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    result = await h.status(created["id"], "needs_reconciliation")
+    assert result["execution"]["status"] == "needs_reconciliation"
+    assert {r.headers["Idempotency-Key"] for r in h.executor.requests} == {created["id"]}
+    assert len(h.executor.effects) == 1  # every attempt carried the same key: one effect at most
+    message = await h.posted(created["id"])
+    await eventually(
+        lambda: "Needs reconciliation" in blocks_text(h.slack.message(message["channel"], message["ts"]))
+    )
+
+
+async def test_callbacks_follow_every_status_change_signed_for_the_agent(h: Harness) -> None:
+    created = await h.submit(callback_url=h.callbacks.url + "/hook")
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    await h.status(created["id"], "executed")
+    requests = await eventually(lambda: h.callbacks.requests if len(h.callbacks.requests) >= 2 else None)
+    events = [Webhook(h.callback_secret).verify(r.body, r.headers)["type"] for r in requests]
+    assert events == ["draft.approved", "draft.executed"]
+
+
+async def test_failing_callback_never_blocks_the_draft(h: Harness) -> None:
+    h.callbacks.script(500, 500, 500, 500, 500, 500, 500, 500)
+    created = await h.submit(callback_url=h.callbacks.url + "/hook")
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    await h.status(created["id"], "executed")
+
+
+@pytest.mark.parametrize(
+    ("user", "why"),
+    [
+        ("U0OUT", "not a reviewer"),
+        ("U0CAROL", "not a reviewer"),
+        ("U0GUEST", "guest"),
+        ("U0GONE", "guest"),
+        ("U0BOB", "requested this"),
+    ],
+)
+async def test_unauthorized_clicks_are_refused_audited_and_change_nothing(
+    h: Harness, user: str, why: str
+) -> None:
+    created = await h.submit(requested_by="U0BOB")
+    await h.click(user, ids.APPROVE, created["id"])
+    await eventually(lambda: any(why in t for t in h.ephemeral_texts()))
+    assert (await h.draft(created["id"]))["status"] == "pending"
+    with h.rt.engine.connect() as conn:
+        denied = conn.execute(
+            sa.select(AuditEvent.actor).where(AuditEvent.outcome == "denied")  # type: ignore[arg-type]
+        ).all()
+    assert [row[0] for row in denied] == [f"slack:{user}"]
+    assert h.executor.requests == []
+
+
+async def test_two_person_rule_needs_a_second_different_approver(h: Harness) -> None:
+    created = await h.submit(amount="250.00", body="Refund of $250.00 issued.")
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    await eventually(lambda: any("First approval recorded" in t for t in h.ephemeral_texts()))
+    assert (await h.draft(created["id"]))["status"] == "pending"
+    message = await h.posted(created["id"])
+    await eventually(
+        lambda: "First approval by" in blocks_text(h.slack.message(message["channel"], message["ts"]))
+    )
+
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    await eventually(lambda: any("second, different reviewer" in t for t in h.ephemeral_texts()))
+    assert (await h.draft(created["id"]))["status"] == "pending"
+
+    await h.click("U0BOB", ids.APPROVE, created["id"])
+    result = await h.status(created["id"], "executed")
+    assert [d["by"] for d in result["decisions"]] == ["U0ALICE", "U0BOB"]
+    assert len(h.executor.requests) == 1
+
+
+async def test_second_click_loses_cleanly_and_is_told_who_decided(h: Harness) -> None:
+    created = await h.submit()
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    await h.status(created["id"], "executed")
+    await h.click("U0BOB", ids.APPROVE, created["id"])
+    await eventually(lambda: any("by <@U0ALICE>" in t for t in h.ephemeral_texts()))
+    assert len(h.executor.requests) == 1
+
+
+async def test_stale_version_is_refused(h: Harness) -> None:
+    created = await h.submit()
+    await h.click("U0ALICE", ids.APPROVE, created["id"], version=7)
+    await eventually(lambda: any("review version 1" in t for t in h.ephemeral_texts()))
+    assert (await h.draft(created["id"]))["status"] == "pending"
+
+
+@pytest.mark.parametrize(
+    "forge",
+    ["bad_signature", "stale", "future", "missing", "non_numeric"],
+)
+async def test_forged_or_stale_slack_requests_get_401_and_change_nothing(h: Harness, forge: str) -> None:
+    created = await h.submit()
+    message = await h.posted(created["id"])
+    now = int(time.time())
+    timestamp = {"stale": now - 301, "future": now + 301}.get(forge, now)
+    body, headers = signing.block_action(
+        SIGNING_SECRET,
+        user_id="U0ALICE",
+        action_id=ids.APPROVE,
+        value=f"{created['id']}:1",
+        channel_id=message["channel"],
+        message_ts=message["ts"],
+        timestamp=timestamp,
+    )
+    if forge == "bad_signature":
+        headers["X-Slack-Signature"] = signing.sign("wrong-secret", timestamp, body)
+    if forge == "missing":
+        headers.pop("X-Slack-Signature")
+    if forge == "non_numeric":
+        headers["X-Slack-Request-Timestamp"] = "yesterday"
+    response = await h.client.post("/slack/events", data=body, headers=headers)
+    assert response.status == 401
+    assert (await h.draft(created["id"]))["status"] == "pending"
+    assert h.executor.requests == []
+
+
+async def test_replayed_body_with_its_old_signature_is_refused(h: Harness) -> None:
+    created = await h.submit()
+    stale = int(time.time()) - 600
+    body, headers = signing.block_action(
+        SIGNING_SECRET, user_id="U0ALICE", action_id=ids.APPROVE, value=f"{created['id']}:1", timestamp=stale
+    )
+    response = await h.client.post("/slack/events", data=body, headers=headers)
+    assert response.status == 401
+    assert (await h.draft(created["id"]))["status"] == "pending"
+
+
+@pytest.mark.parametrize(
+    "nasty",
+    [
+        "<!channel> refund approved",
+        "hey <@U0ALICE> look",
+        "<!subteam^S0123|@support> ping",
+        "click <http://evil.example|https://bank.example> now",
+        "@here @channel @everyone",
+        "x" * 10_000,
+        "&lt;!channel&gt; & <>" * 400,
+        "line\n" * 3000,
+    ],
+)
+async def test_agent_text_renders_safely(h: Harness, nasty: str) -> None:
+    created = await h.submit(body=nasty, context=nasty, summary=nasty[:300])
+    message = await h.posted(created["id"])
+    rendered = blocks_text(message) + message["text"]
+    for forbidden in ("<!channel>", "<@U0ALICE>", "<!subteam", "<http://evil", "<!here", "@here", "@channel"):
+        assert forbidden not in rendered
+    assert not [c for c in h.slack.calls("chat.postMessage") if not c.ok]
+
+
+async def test_url_verification_is_answered_when_signed(h: Harness) -> None:
+    status, body = await h.post_signed(signing.url_verification(SIGNING_SECRET, "challenge-123"))
+    assert status == 200 and json.loads(body)["challenge"] == "challenge-123"
+
+
+async def test_every_transition_is_in_a_valid_audit_chain(h: Harness) -> None:
+    from bot import audit
+
+    created = await h.submit()
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    await h.status(created["id"], "executed")
+    with h.rt.engine.connect() as conn:
+        actions = [
+            row[0]
+            for row in conn.execute(
+                sa.select(AuditEvent.action)
+                .where(AuditEvent.subject == created["id"])
+                .order_by(AuditEvent.seq)  # type: ignore[arg-type]
+            )
+        ]
+        draft = conn.execute(sa.select(Draft.status).where(Draft.id == created["id"])).scalar_one()  # type: ignore[arg-type]
+    assert actions == ["draft.submitted", "draft.approved", "draft.executed"]
+    assert draft == "executed"
+    assert audit.verify(h.rt.engine).ok
