@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
 
-from bot import decisions, slack
+from bot import decisions, slack, watchdogs
 from bot import slack_app as slack_app_module
 from bot.control import Control
 from bot.outbox import Worker
@@ -86,6 +86,8 @@ async def schedules(rt: Runtime, control: Control, every: float, stop: asyncio.E
         try:
             await asyncio.to_thread(decisions.expire_due, rt)
             await asyncio.to_thread(control.revert_lapsed)
+            await asyncio.to_thread(watchdogs.check_heartbeats, rt)
+            await asyncio.to_thread(watchdogs.check_backlog, rt)
         except Exception:
             log.exception("scheduled work failed")
         with contextlib.suppress(TimeoutError):

@@ -92,6 +92,20 @@ def db_upgrade() -> None:
     typer.echo("database is up to date")
 
 
+@db_app.command("check")
+def db_check() -> None:
+    """Exit 1 when the tables and the migrations disagree (Alembic's `check`)."""
+    from storage import migrate
+    from storage.db import create_db_engine
+
+    url = os.environ.get("COUNTERSIGN_DATABASE_URL", "sqlite:///countersign.db")
+    try:
+        migrate.check(create_db_engine(url))
+    except Exception as exc:
+        fail(f"schema drift: {exc}", 1)
+    typer.echo("models and migrations agree")
+
+
 @agents_app.command("add")
 def agents_add(
     name: str,

@@ -7,6 +7,7 @@ committed, audited and announced before the command answers.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from slack_sdk.errors import SlackApiError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 from bot import audit, caps, policy
@@ -23,6 +25,8 @@ from bot.slack import Directory
 from storage import queries
 from storage.db import transaction
 from storage.tables import Agent, Draft
+
+log = logging.getLogger(__name__)
 
 HELP = """*`/agent` — Countersign controls*
 • `/agent status` — agents, categories, pending work
@@ -114,6 +118,15 @@ class Control:
 
     async def run(self, *, user: str, text: str) -> str:
         """Run one `/agent` subcommand for `user` and return the private answer."""
+        try:
+            return await self._run(user=user, text=text)
+        except SQLAlchemyError:
+            log.exception("control state unreadable")
+            return (
+                ":warning: Countersign cannot read or write its control state right now; nothing was changed."
+            )
+
+    async def _run(self, *, user: str, text: str) -> str:
         try:
             words = shlex.split(text)
         except ValueError:

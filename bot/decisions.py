@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from bot import audit, caps, policy
+from bot import audit, caps, policy, watchdogs
 from bot.drafts import record_change
 from bot.errors import DecisionRefused
 from bot.runtime import Runtime
@@ -362,6 +362,7 @@ def reject(
                 after={"status": "rejected", "reason": reason},
                 now=now,
             )
+            watchdogs.trip_breaker_if_needed(session, rt, draft.agent_id, now)
     except _Lost:
         raise DecisionRefused(_who_decided(rt, draft_id)) from None
     except _Denied as denied:

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import re
+import functools
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 from decimal import Decimal
 
 from slack_sdk.errors import SlackApiError
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot import decisions, manual, policy
 from bot.decisions import Outcome
@@ -21,6 +26,10 @@ from bot.settings import Category, currency_exponent
 from bot.slack import Directory
 from storage.db import transaction
 from storage.tables import Draft
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 VALUE_RE = re.compile(r"^(d_[a-z2-7]{1,40}):([0-9]{1,6})$")
 
@@ -46,6 +55,22 @@ def parse_amount(text: str, currency: str) -> Decimal:
         return policy.parse_api_amount(text.strip(), currency_exponent(currency))
     except ValueError as exc:
         raise DecisionRefused(f"Amount: {exc}") from None
+
+
+def fail_closed(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """A database that cannot be read decides nothing; the reviewer is told so."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except SQLAlchemyError:
+            log.exception("control state unreadable")
+            raise DecisionRefused(
+                "Countersign cannot read its control state right now, so nothing was approved or executed."
+            ) from None
+
+    return wrapper
 
 
 @dataclass
@@ -75,6 +100,7 @@ class Reviewing:
             ) from None
         return reviewers, reviewer
 
+    @fail_closed
     async def draft_for_review(self, *, user: str, value: str) -> tuple[Draft, Category]:
         """The pending draft behind a button, after checking that `user` may review it."""
         draft_id, version = parse_value(value)
@@ -91,6 +117,7 @@ class Reviewing:
             raise DecisionRefused(f"Already {draft.status.replace('_', ' ')}.")
         return draft, category
 
+    @fail_closed
     async def approve(self, *, user: str, value: str) -> Outcome:
         draft_id, version = parse_value(value)
         _, category = await asyncio.to_thread(self._category, draft_id)
@@ -105,6 +132,7 @@ class Reviewing:
             reviewer=reviewer,
         )
 
+    @fail_closed
     async def approve_edited(self, *, user: str, form: EditForm) -> Outcome:
         _, category = await asyncio.to_thread(self._category, form.draft_id)
         amount = None if form.amount_text is None else parse_amount(form.amount_text, category.currency)
@@ -121,6 +149,7 @@ class Reviewing:
             edited_amount=amount,
         )
 
+    @fail_closed
     async def reject(self, *, user: str, draft_id: str, version: int, reason: str) -> Outcome:
         _, category = await asyncio.to_thread(self._category, draft_id)
         reviewers, reviewer = await self.who(user, category)
@@ -135,6 +164,7 @@ class Reviewing:
             reason=reason,
         )
 
+    @fail_closed
     async def retry(self, *, user: str, value: str) -> Outcome:
         draft_id, version = parse_value(value)
         _, category = await asyncio.to_thread(self._category, draft_id)
@@ -149,6 +179,7 @@ class Reviewing:
             reviewer=reviewer,
         )
 
+    @fail_closed
     async def manual(self, *, user: str, value: str, action: str) -> Outcome:
         """Claim or close a manual-queue item."""
         draft_id, _ = parse_value(value)

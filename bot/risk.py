@@ -299,7 +299,7 @@ _NEGATIONS = frozenset(
 _AUX = (
     r"ll|will|ve|have|had|d|would|am|m|are|re|can|could|shall|should|be|been|happy|glad|pleased|able|"
     r"going|gonna|to|just|already|now|also|gone|ahead|and|personally|immediately|like|love|want|"
-    r"decided|went|is|has|definitely|gladly|hereby|do|did|also|more|than|sincerely|will be|let"
+    r"decided|went|is|has|definitely|gladly|hereby|do|did|more|than|sincerely|let"
 )
 _GIVE_VERBS = (
     r"refund\w*|credit\w*|reimburs\w*|compensat\w*|issu\w*|process\w*|offer\w*|give|giving|given|gave|"

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 
 from bot import agents, drafts
 from bot.errors import BadRequest, CountersignError, PayloadTooLarge, RateLimited, Unauthorized, Unavailable
@@ -58,9 +58,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         return web.json_response({"error": {"code": code, "message": exc.reason}}, status=exc.status)
-    except OperationalError:
+    except (OperationalError, ProgrammingError, InterfaceError):
+        # Fail closed: without the control state (pause, modes, caps) nothing is accepted or decided.
         log.exception("database unavailable")
-        return error_response(Unavailable("the database is unavailable; nothing was changed"))
+        return error_response(Unavailable("the control state cannot be read; nothing was changed"))
 
 
 async def _agent(request: web.Request) -> Agent:

@@ -88,10 +88,10 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def write_config(
-    tmp_path: Path, *, executor_url: str = "http://127.0.0.1:9/refunds", rate: str = "50/s"
+    tmp_path: Path, *, executor_url: str = "http://127.0.0.1:9/refunds", rate: str = "50/s", extra: str = ""
 ) -> Path:
     path = tmp_path / "countersign.toml"
-    path.write_text(CONFIG.format(executor_url=executor_url, rate=rate))
+    path.write_text(CONFIG.format(executor_url=executor_url, rate=rate) + extra)
     return path
 
 

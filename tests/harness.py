@@ -126,6 +126,25 @@ class Harness:
             )
         )
 
+    async def command(self, user: str, text: str) -> str:
+        """Run `/agent <text>` as `user`; the private answer it got."""
+        before = len(self.slack.responses)
+        status, _ = await self.post_signed(
+            signing.slash_command(
+                SIGNING_SECRET, user_id=user, text=text, response_url=self.slack.response_url(kind="commands")
+            )
+        )
+        assert status == 200
+        answer = await eventually(lambda: self.slack.responses[before:])
+        return str((answer[0].get("json") or {}).get("text"))
+
+    def alerts(self) -> list[str]:
+        return [
+            str(c.params.get("text"))
+            for c in self.slack.calls("chat.postMessage")
+            if c.params.get("channel") == "C0ALERTS"
+        ]
+
     def ephemeral_texts(self) -> list[str]:
         return [str((r.get("json") or {}).get("text")) for r in self.slack.responses] + [
             str(e.get("text")) for e in self.slack.ephemerals
@@ -162,14 +181,22 @@ async def eventually_async(probe: Callable[[], Any], timeout: float = 10.0) -> A
 
 
 @asynccontextmanager
-async def harness(db_url: str, tmp_path: Path, *, executor_attempts: int = 3) -> AsyncIterator[Harness]:
+async def harness(
+    db_url: str,
+    tmp_path: Path,
+    *,
+    executor_attempts: int = 3,
+    extra_config: str = "",
+    agent: tuple[str, str] | None = None,
+) -> AsyncIterator[Harness]:
+    """Start everything; `agent` (token, callback secret) reuses an agent registered by an earlier run."""
     slack = SlackDouble(users=USERS)
     executor, callbacks = Receiver(), Receiver()
     await slack.start()
     await executor.start()
     await callbacks.start()
     try:
-        config = write_config(tmp_path, executor_url=executor.url + "/refunds")
+        config = write_config(tmp_path, executor_url=executor.url + "/refunds", extra=extra_config)
         settings = load_settings(make_env(db_url, config, slack.base_url))
         clock = ShiftedClock()
         options = Options(
@@ -181,9 +208,14 @@ async def harness(db_url: str, tmp_path: Path, *, executor_attempts: int = 3) ->
         )
         app = create_app(settings, options)
         rt = app[RUNTIME]
-        registered = agents.add(
-            rt, name="support-bot", categories=["refund", "reply"], callback_prefixes=[callbacks.url + "/"]
-        )
+        if agent is None:
+            registered = agents.add(
+                rt,
+                name="support-bot",
+                categories=["refund", "reply"],
+                callback_prefixes=[callbacks.url + "/"],
+            )
+            agent = (registered.token, registered.callback_secret)
         async with TestClient(TestServer(app)) as client:
             yield Harness(
                 client=client,
@@ -192,8 +224,8 @@ async def harness(db_url: str, tmp_path: Path, *, executor_attempts: int = 3) ->
                 callbacks=callbacks,
                 rt=rt,
                 clock=clock,
-                token=registered.token,
-                callback_secret=registered.callback_secret,
+                token=agent[0],
+                callback_secret=agent[1],
             )
     finally:
         await callbacks.stop()

@@ -1,0 +1,255 @@
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import col
+
+from bot import audit
+from handlers import ids
+from storage.tables import AuditEvent, OutboxJob
+from tests.conftest import SIGNING_SECRET
+from tests.doubles import signing
+from tests.harness import Harness, eventually, harness
+
+WATCHDOG = """
+[watchdog]
+max_pending = 2
+"""
+HEARTBEAT = """
+[agents.support-bot]
+heartbeat_timeout = "1m"
+"""
+
+
+@pytest.fixture
+async def h(db_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with harness(db_url, tmp_path, extra_config=WATCHDOG) as value:
+        yield value
+
+
+@pytest.fixture
+async def beating(db_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with harness(db_url, tmp_path, extra_config=HEARTBEAT) as value:
+        yield value
+
+
+def blocks_text(message: dict[str, object]) -> str:
+    return json.dumps(message.get("blocks") or [], ensure_ascii=False)
+
+
+# (user, command) -> allowed. Reviewers pull the brake; only admins release it or change caps.
+MATRIX = {
+    "U0ALICE": {"status", "caps", "pause", "manual"},
+    "U0ADMIN": {"status", "caps", "pause", "manual", "resume", "review", "cap"},
+    "U0OUT": set(),
+    "U0GUEST": set(),
+    "U0GONE": set(),
+}
+COMMANDS = {
+    "status": "status",
+    "caps": "caps",
+    "pause": "pause support-bot testing",
+    "resume": "resume support-bot",
+    "manual": "manual reply",
+    "review": "review reply",
+    "cap": "cap refund count=5",
+}
+
+
+@pytest.mark.parametrize("user", sorted(MATRIX))
+async def test_permission_matrix_for_every_subcommand(h: Harness, user: str) -> None:
+    for verb, text in COMMANDS.items():
+        answer = await h.command(user, text)
+        if verb in MATRIX[user]:
+            assert ":no_entry:" not in answer, (user, verb, answer)
+        else:
+            assert ":no_entry:" in answer, (user, verb, answer)
+    assert "/agent pause" in await h.command(user, "help")
+    assert "Unknown command" in await h.command(user, "frobnicate")
+    with h.rt.engine.connect() as conn:
+        denied = conn.execute(
+            sa.select(sa.func.count()).select_from(AuditEvent).where(col(AuditEvent.outcome) == "denied")
+        ).scalar_one()
+    assert denied == len(COMMANDS) - len(MATRIX[user])
+
+
+async def test_pause_blocks_approval_and_execution_and_routes_new_drafts_to_manual(h: Harness) -> None:
+    pending = await h.submit()
+    message = await h.posted(pending["id"])
+    answer = await h.command("U0ALICE", "pause support-bot refunds look wrong")
+    assert "Paused" in answer
+    await eventually(
+        lambda: "Agent paused" in blocks_text(h.slack.message(message["channel"], message["ts"]))
+    )
+    await eventually(lambda: any("paused *support-bot*" in a for a in h.alerts()))
+
+    await h.click("U0BOB", ids.APPROVE, pending["id"])
+    await eventually(lambda: any("agent is paused" in t for t in h.ephemeral_texts()))
+    assert (await h.draft(pending["id"]))["status"] == "pending"
+
+    later = await h.submit(summary="another")
+    assert later["status"] == "manual" and later["reason"] == "agent_paused"
+    me = await (await h.client.get("/v1/agents/me", headers=h.auth())).json()
+    assert me["state"] == "paused" and me["reason"] == "refunds look wrong"
+
+    assert "Only admins" in await h.command("U0ALICE", "resume support-bot")
+    assert "Resumed" in await h.command("U0ADMIN", "resume support-bot")
+    await h.click("U0BOB", ids.APPROVE, pending["id"])
+    await h.status(pending["id"], "executed")
+
+
+async def test_queued_execution_is_not_claimed_after_a_pause(h: Harness) -> None:
+    h.executor.script(503, 503, 503, 503, 503, 503)
+    created = await h.submit()
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    await eventually(lambda: h.executor.requests)
+    await h.command("U0ALICE", "pause all")
+    with h.rt.engine.connect() as conn:
+        paused_at = conn.execute(
+            sa.select(col(AuditEvent.at)).where(col(AuditEvent.action) == "agent.paused")
+        ).scalar_one()
+    seen = len(h.executor.requests)
+    h.clock.advance(minutes=5)
+    await _settle(h)
+    assert len(h.executor.requests) <= seen + 1  # at most the attempt already in flight at the pause
+    with h.rt.engine.connect() as conn:
+        claims = (
+            conn.execute(sa.select(col(OutboxJob.claimed_at)).where(col(OutboxJob.kind) == "executor.call"))
+            .scalars()
+            .all()
+        )
+    assert all(claim is None or claim <= paused_at for claim in claims)
+    assert (await h.draft(created["id"]))["status"] == "approved"
+
+
+async def _settle(h: Harness) -> None:
+    import asyncio
+
+    await asyncio.sleep(0.5)
+
+
+async def test_pause_all_covers_agents_registered_later_until_resumed(h: Harness) -> None:
+    from bot import agents
+
+    await h.command("U0ALICE", "pause all")
+    late = agents.add(h.rt, name="late-bot", categories=["reply"], callback_prefixes=[])
+    response = await h.client.post(
+        "/v1/drafts",
+        json={"category": "reply", "summary": "s", "body": "b"},
+        headers={"Authorization": f"Bearer {late.token}"},
+    )
+    assert (await response.json())["reason"] == "agent_paused"
+    await h.command("U0ADMIN", "resume all")
+    response = await h.client.post(
+        "/v1/drafts",
+        json={"category": "reply", "summary": "s", "body": "b"},
+        headers={"Authorization": f"Bearer {late.token}"},
+    )
+    assert (await response.json())["status"] == "pending"
+
+
+async def test_manual_mode_queues_work_for_humans_with_claim_and_done(h: Harness) -> None:
+    await h.command("U0ALICE", "manual reply")
+    created = await h.submit(category="reply", amount=None, body="Your order ships Monday.")
+    assert created["status"] == "manual" and created["reason"] == "category_manual"
+    message = await h.posted(created["id"])
+    assert message["channel"] == "C0SUPPORT"
+    text = blocks_text(message)
+    assert ids.CLAIM in text and ids.DONE in text and "Agent's suggestion" in text
+    await h.click("U0CAROL", ids.CLAIM, created["id"])
+    await eventually(lambda: "Claimed by" in blocks_text(h.slack.message(message["channel"], message["ts"])))
+    await h.click("U0CAROL", ids.DONE, created["id"])
+    await h.status(created["id"], "handled")
+
+
+async def test_time_boxed_manual_mode_reverts_on_time_and_is_announced(h: Harness) -> None:
+    answer = await h.command("U0BOB", "manual refund 2h")
+    assert "until" in answer
+    assert (await h.submit())["reason"] == "category_manual"
+    h.clock.advance(hours=2, seconds=1)
+    await eventually(lambda: any("ended on schedule" in a for a in h.alerts()))
+    assert (await h.submit(summary="after"))["status"] == "pending"
+
+
+async def test_approval_over_the_cap_is_refused_with_usage_and_alerts_fire_once(h: Harness) -> None:
+    assert "Caps of *refund*" in await h.command("U0ADMIN", "cap refund amount=100.00")
+    drafts = [await h.submit(summary=f"r{n}") for n in range(4)]
+    for draft in drafts[:3]:
+        await h.click("U0ALICE", ids.APPROVE, draft["id"])
+        await h.status(draft["id"], "executed")
+    await h.click("U0ALICE", ids.APPROVE, drafts[3]["id"])
+    await eventually(
+        lambda: any("exceed today's cap (3/20 today · 90.00/100.00 USD)" in t for t in h.ephemeral_texts())
+    )
+    assert (await h.draft(drafts[3]["id"]))["status"] == "pending"
+    over = await h.submit(summary="over", amount="20.00", body="Refund of $20.00.")
+    assert over["status"] == "manual" and over["reason"] == "over_cap"
+    await eventually(lambda: any("passed 80%" in a for a in h.alerts()))
+    assert sum("passed 80%" in a for a in h.alerts()) == 1
+    me = await (await h.client.get("/v1/agents/me", headers=h.auth())).json()
+    assert (
+        me["categories"]["refund"]["amount_used"] == "90.00" and me["categories"]["refund"]["count_used"] == 3
+    )
+    assert "90.00/100.00 USD" in await h.command("U0ALICE", "caps")
+
+
+async def test_rejection_burst_auto_pauses_the_agent_with_links(h: Harness) -> None:
+    for n in range(3):
+        created = await h.submit(summary=f"bad {n}")
+        await h.posted(created["id"])
+        await h.click("U0ALICE", ids.REJECT, created["id"])
+        opened = await eventually(lambda n=n: h.slack.calls("views.open")[n:])
+        meta = opened[0].params["view"]["private_metadata"]
+        values = {
+            ids.REJECT_REASON_BLOCK: {ids.REJECT_REASON_INPUT: {"type": "plain_text_input", "value": "wrong"}}
+        }
+        await h.submit_view("U0ALICE", ids.REJECT_MODAL, meta, values)
+        await h.status(created["id"], "rejected")
+    alert = await eventually(lambda: [a for a in h.alerts() if "Auto-paused" in a])
+    assert "3 rejections within 10 minutes" in alert[0] and "slack.com/archives/C0REFUNDS" in alert[0]
+    assert (await h.submit(summary="next"))["reason"] == "agent_paused"
+
+
+async def test_missed_heartbeat_marks_the_agent_offline_until_it_checks_in(beating: Harness) -> None:
+    h = beating
+    await h.client.post("/v1/heartbeat", headers=h.auth())
+    h.clock.advance(minutes=2)
+    await eventually(lambda: any("missed its heartbeat" in a for a in h.alerts()))
+    created = await h.submit()
+    assert created["status"] == "manual" and created["reason"] == "agent_offline"
+    await h.client.post("/v1/heartbeat", headers=h.auth())
+    await eventually(lambda: any("back online" in a for a in h.alerts()))
+    assert (await h.submit(summary="again"))["status"] == "pending"
+
+
+async def test_backlog_watchdog_alerts_once_an_hour(h: Harness) -> None:
+    for n in range(3):
+        await h.submit(summary=f"wait {n}")
+    await eventually(lambda: any("Review backlog" in a for a in h.alerts()))
+    await _settle(h)
+    assert sum("Review backlog" in a for a in h.alerts()) == 1
+
+
+async def test_app_home_shows_agents_categories_caps_and_pending(h: Harness) -> None:
+    await h.submit()
+    await h.post_signed(signing.event_callback(SIGNING_SECRET, signing.app_home_opened_event("U0ALICE")))
+    call = (await eventually(lambda: h.slack.calls("views.publish")))[0]
+    text = json.dumps(call.params["view"], ensure_ascii=False)
+    assert "support-bot" in text and ids.HOME_PAUSE in text and ids.HOME_RESUME not in text
+    assert "*refund* — review" in text and "0/20 today" in text and "Pending drafts*: 1" in text
+
+
+async def test_pause_and_manual_mode_survive_a_restart(db_url: str, tmp_path: Path) -> None:
+    async with harness(db_url, tmp_path) as first:
+        await first.command("U0ALICE", "pause support-bot")
+        await first.command("U0ALICE", "manual reply")
+        agent = (first.token, first.callback_secret)
+    async with harness(db_url, tmp_path, agent=agent) as second:
+        me = await (await second.client.get("/v1/agents/me", headers=second.auth())).json()
+        assert me["state"] == "paused" and me["categories"]["reply"]["mode"] == "manual"
+        assert (await second.submit())["reason"] == "agent_paused"
+        assert audit.verify(second.rt.engine).ok
