@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
 
-from bot import decisions, slack, watchdogs
+from bot import decisions, digest, slack, watchdogs
 from bot import slack_app as slack_app_module
 from bot.control import Control
 from bot.outbox import Worker
@@ -80,7 +80,7 @@ def build_runtime(settings: Settings, options: Options) -> Runtime:
     )
 
 
-async def schedules(rt: Runtime, control: Control, every: float, stop: asyncio.Event) -> None:
+async def schedules(rt: Runtime, control: Control, every: float, stop: asyncio.Event, worker: str) -> None:
     """Timers every replica runs; each effect is a conditional transition, so it happens once."""
     while not stop.is_set():
         try:
@@ -88,6 +88,7 @@ async def schedules(rt: Runtime, control: Control, every: float, stop: asyncio.E
             await asyncio.to_thread(control.revert_lapsed)
             await asyncio.to_thread(watchdogs.check_heartbeats, rt)
             await asyncio.to_thread(watchdogs.check_backlog, rt)
+            await asyncio.to_thread(digest.claim_due, rt, worker=worker)
         except Exception:
             log.exception("scheduled work failed")
         with contextlib.suppress(TimeoutError):
@@ -135,7 +136,9 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
         if options.run_workers:
             tasks.append(asyncio.create_task(worker.run(), name="outbox"))
             tasks.append(
-                asyncio.create_task(schedules(rt, control, options.schedule_every, stop), name="schedules")
+                asyncio.create_task(
+                    schedules(rt, control, options.schedule_every, stop, worker.worker_id), name="schedules"
+                )
             )
         app[WORKERS] = tasks
         yield

@@ -206,6 +206,43 @@ def audit_export(
         sys.stdout.write(chunk)
 
 
+@app.command()
+def digest(
+    date_: Annotated[
+        str | None, typer.Option("--date", help="Day to cover, YYYY-MM-DD (default: today so far).")
+    ] = None,
+    print_: Annotated[bool, typer.Option("--print", help="Print the digest instead of posting it.")] = False,
+) -> None:
+    """Build a day's digest; post it to the digest channel or print it."""
+    import asyncio
+    from datetime import date
+
+    from bot import digest as digest_module
+    from bot import slack
+
+    settings = settings_or_exit()
+    rt = runtime(settings)
+    now = rt.clock()
+    if date_ is None:
+        day, until = now.astimezone(settings.config.timezone).date(), now
+    else:
+        try:
+            day, until = date.fromisoformat(date_), None
+        except ValueError:
+            fail(f"not a date: {date_!r} (use YYYY-MM-DD)", 2)
+    built = digest_module.build(rt, day, until=until)
+    if print_:
+        typer.echo(built.text())
+        return
+    channel = settings.config.digest_channel
+    if channel is None:
+        fail("no [digest] channel in the config file; use --print or add one", 2)
+    if not settings.slack_bot_token:
+        fail(missing_slack_credentials(settings, socket_mode=False)[0], 2)
+    asyncio.run(slack.post_digest(slack.make_client(settings), channel, built))
+    typer.echo(f"digest of {day.isoformat()} posted to {channel}")
+
+
 def main() -> None:
     """Entry point of the console script and `python -m bot`."""
     app()

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import shlex
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -388,8 +388,7 @@ class Control:
             pending, oldest = session.execute(
                 sa.select(sa.func.count(), sa.func.min(Draft.created_at)).where(Draft.status == "pending")  # type: ignore[arg-type]
             ).one()
-        # min() over the column skips its type on SQLite and returns the stored text.
-        oldest_at = _as_utc(oldest)
+        oldest_at = oldest
         return Home(
             user=user,
             can_pause=user in self.reviewers(),
@@ -420,14 +419,6 @@ class Control:
 
     async def home(self, *, user: str) -> Home:
         return await asyncio.to_thread(self.snapshot, user)
-
-
-def _as_utc(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value  # type: ignore[no-any-return]
 
 
 def _age(delta: timedelta) -> str:

@@ -43,7 +43,7 @@ class RetryLater(Exception):
 
 def backoff(attempt: int, *, base: float = BACKOFF_BASE, rng: random.Random | None = None) -> float:
     """Exponential backoff with jitter: between half and all of base·2^(attempt-1), capped."""
-    ceiling = min(BACKOFF_CAP, base * 2.0 ** max(0, attempt - 1))
+    ceiling = min(BACKOFF_CAP, base * 2.0 ** min(max(0, attempt - 1), 30))
     jitter: float = (rng or random).random()
     return ceiling * (0.5 + 0.5 * jitter)
 

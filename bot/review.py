@@ -7,13 +7,13 @@ transaction itself is short; if Slack cannot say who the user is, nothing is dec
 from __future__ import annotations
 
 import asyncio
-import re
 import functools
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
 from decimal import Decimal
+from typing import ParamSpec, TypeVar
 
 from slack_sdk.errors import SlackApiError
 from sqlalchemy.exc import SQLAlchemyError

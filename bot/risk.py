@@ -20,6 +20,9 @@ Level = Literal["none", "low", "medium", "high"]
 
 _RANK: dict[str, int] = {"none": 0, "low": 1, "medium": 2, "high": 3}
 _QUOTE_CHARS = 40
+# How far back (in characters of word text) a negation or disclaimer may sit. Bounded so that a
+# huge draft made of repeated phrases stays linear.
+_LOOKBACK = 80
 
 
 @dataclass(frozen=True)
@@ -366,7 +369,7 @@ class _Promise:
 def _negated(clause: str, start: int, term: str) -> bool:
     if term.startswith(("non", "un")) and "refund" in term:
         return True
-    return any(word in _NEGATIONS for word in clause[:start].split()[-6:])
+    return any(word in _NEGATIONS for word in clause[max(0, start - _LOOKBACK) : start].split()[-6:])
 
 
 def _money_promises(text: _Text) -> Iterator[_Promise]:
@@ -389,7 +392,7 @@ def _asked_for_money(context: _Text) -> bool:
     for clauses in context.sentences:
         for clause in clauses:
             for m in _MONEY_REQUEST.finditer(clause):
-                window = " ".join(clause[: m.start()].split()[-5:])
+                window = " ".join(clause[max(0, m.start() - _LOOKBACK) : m.start()].split()[-5:])
                 if not _DECLINED_REQUEST.search(window):
                     return True
     return False
@@ -575,7 +578,7 @@ def _check_amounts(
 
 _CARD = re.compile(r"(?<![\d])(?<!\d[ .-])(?:\d[ .-]?){12,18}\d(?![ .-]?\d)")
 _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{1,4}){3,8}(?![A-Za-z0-9])")
-_EMAIL = re.compile(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}")
+_EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]{1,64}@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}")
 _PHONE = re.compile(
     r"(?<![\w+#/=.,$€£-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,5}(?:[ .-]\d{2,5}){1,4}"
     r"(?![\w-]|[.,]\d)|\+\d{8,15}\b"
@@ -680,8 +683,11 @@ def _emails(text: str) -> list[str]:
 
 def _phones(text: str) -> Iterator[str]:
     # Digits inside a card number, an IBAN or a URL are not a phone number.
-    taken = [span for _, span in _card_numbers(text)]
-    taken += [m.span() for m in _IBAN.finditer(text)] + [m.span() for m in _URL.finditer(text)]
+    taken = bytearray(len(text))
+    spans = [span for _, span in _card_numbers(text)]
+    spans += [m.span() for m in _IBAN.finditer(text)] + [m.span() for m in _URL.finditer(text)]
+    for start, end in spans:
+        taken[start:end] = b"\x01" * (end - start)
     for m in _PHONE.finditer(text):
         raw = m.group()
         digits = re.sub(r"\D", "", raw)
@@ -689,16 +695,16 @@ def _phones(text: str) -> Iterator[str]:
             continue
         if raw.isdigit() and not raw.startswith("+"):
             continue  # a bare run of digits is an order or account number far more often
-        if any(start <= m.start() < end for start, end in taken):
+        if taken[m.start()]:
             continue
         if _NUMBER_LABEL.search(text[max(0, m.start() - 20) : m.start()]):
             continue
         yield digits
 
 
-def _same_phone(a: str, b: str) -> bool:
-    short, long = sorted((a, b), key=len)
-    return len(short) >= 7 and long.endswith(short)
+def _suffixes(digits: str) -> set[str]:
+    """A number written with or without its country or area code: compare the last 7+ digits."""
+    return {digits[i:] for i in range(len(digits) - 6)}
 
 
 def _check_contacts(rules: RiskRules, draft: _Text, ctx: _Text | None) -> list[Finding]:
@@ -715,15 +721,16 @@ def _check_contacts(rules: RiskRules, draft: _Text, ctx: _Text | None) -> list[F
             )
         )
         break
-    known_phones = list(_phones(ctx.visible)) if ctx is not None else []
+    known_phones = set(_phones(ctx.visible)) if ctx is not None else set()
     if ctx is not None:
         # Customers also write numbers without any separators; count those as theirs too.
-        known_phones += re.findall(r"\d{7,15}", re.sub(r"[\s().-]", "", ctx.visible))
+        known_phones.update(re.findall(r"\d{7,15}", re.sub(r"[\s().-]", "", ctx.visible)))
+    known_tails = {tail for known in known_phones for tail in _suffixes(known)}
     for phone in _phones(draft.visible):
         national = phone[1:] if len(phone) == 11 and phone.startswith("1") else phone
         if national.startswith(_TOLL_FREE) and len(national) == 10:
             continue  # a toll-free line is a company's, not a person's
-        if any(_same_phone(phone, known) for known in known_phones):
+        if phone in known_tails or _suffixes(phone) & known_phones:
             continue
         findings.append(
             Finding(
@@ -750,10 +757,12 @@ _BARE_DOMAIN = re.compile(
     r"(?::\d+)?(?:/[^\s<>\"'|\[\](){}]*)?",
     re.IGNORECASE,
 )
-_SLACK_LINK = re.compile(r"<((?:https?|ftp)://[^|>\s]+)\|([^>]*)>", re.IGNORECASE)
-_MARKDOWN_LINK = re.compile(r"\[([^\]\n]{1,300})\]\(\s*<?([^)\s>]+)>?[^)]*\)")
+# Bounded repeats throughout: agent text can be 256 KB and must not make these backtrack for long.
+_SLACK_LINK = re.compile(r"<((?:https?|ftp)://[^|>\s]{1,2000})\|([^>]{0,300})>", re.IGNORECASE)
+_MARKDOWN_LINK = re.compile(r"\[([^\]\n]{1,300})\]\(\s*<?([^)\s>]{1,2000})>?[^)]{0,300}\)")
 _HTML_LINK = re.compile(
-    r"<a\b[^>]*?href\s*=\s*[\"']?([^\"'\s>]+)[^>]*>(.*?)</a\s*>", re.IGNORECASE | re.DOTALL
+    r"<a\b[^>]{0,300}?href\s*=\s*[\"']?([^\"'\s>]{1,2000})[^>]{0,300}>(.{0,300}?)</a\s*>",
+    re.IGNORECASE | re.DOTALL,
 )
 _TRAILING = ".,;:!?'\")]}>"
 
@@ -783,8 +792,13 @@ def _within(host: str, domain: str) -> bool:
     return host == domain or host.endswith("." + domain)
 
 
+def _blank(m: re.Match[str]) -> str:
+    return " " * len(m.group())
+
+
 def _check_links(rules: RiskRules, draft: _Text) -> list[Finding]:
     disguised: list[str] = []
+    hidden: set[str] = set()  # hosts already reported as disguised
     # Links whose visible text differs from where they go: Slack, Markdown and HTML syntax.
     labelled = [(m.group(1), m.group(2)) for m in _SLACK_LINK.finditer(draft.visible)]
     labelled += [(m.group(2), m.group(1)) for m in _MARKDOWN_LINK.finditer(draft.visible)]
@@ -794,36 +808,37 @@ def _check_links(rules: RiskRules, draft: _Text) -> list[Finding]:
         shown = _label_host(label)
         if shown is not None and not _within(host, shown):
             disguised.append(f"the link text shows {_quote(shown)} but it goes to {_quote(host)}")
+            hidden.add(host)
         elif not _allowed_host(host, rules.allowed_link_domains):
             disguised.append(f"link text hides a link to {_quote(host)}")
+            hidden.add(host)
     # Raw URLs and bare domains; the original characters tell whether a homoglyph was used.
     raw_hosts: list[tuple[str, str, bool]] = []
-    blanked = draft.skeleton
     for m in _URL.finditer(draft.skeleton):
         url = draft.visible[m.start() : m.end()].rstrip(_TRAILING)
         host, userinfo = _host(url)
         raw_hosts.append((host, _host(m.group().rstrip(_TRAILING))[0], userinfo))
-        blanked = blanked[: m.start()] + " " * (m.end() - m.start()) + blanked[m.end() :]
-    for m in _EMAIL.finditer(blanked):
-        blanked = blanked[: m.start()] + " " * (m.end() - m.start()) + blanked[m.end() :]
+    blanked = _EMAIL.sub(_blank, _URL.sub(_blank, draft.skeleton))
     for m in _BARE_DOMAIN.finditer(blanked):
         original = draft.visible[m.start(1) : m.end(1)]
         raw_hosts.append((original, m.group(1), False))
-    not_allowed: list[str] = []
+    not_allowed: dict[str, None] = {}  # ordered and unique
     for original, mapped, userinfo in raw_hosts:
         original, mapped = original.lower(), mapped.lower()
         if not original:
             continue
         if _lookalike(original):
             disguised.append(f"the domain {_quote(original)} uses look-alike characters (reads {mapped})")
+            hidden.add(original)
         elif userinfo:
             disguised.append(f"the link hides its real destination {_quote(original)} after an '@'")
-        elif not _allowed_host(original, rules.allowed_link_domains) and original not in not_allowed:
-            not_allowed.append(original)
+            hidden.add(original)
+        elif not _allowed_host(original, rules.allowed_link_domains):
+            not_allowed[original] = None
     findings: list[Finding] = []
     if disguised:
         findings.append(Finding("disguised_link", "high", f"Disguised link: {disguised[0]}."))
-    flagged = [h for h in not_allowed if not any(h in d for d in disguised)]
+    flagged = [h for h in not_allowed if h not in hidden]
     if flagged:
         shown = ", ".join(_quote(h) for h in flagged[:3]) + (", …" if len(flagged) > 3 else "")
         findings.append(
@@ -903,7 +918,9 @@ def _phrase_hit(draft: _Text, phrase: str) -> bool:
     matches = list(pattern.finditer(draft.words))
     if matches:
         # "I can't give legal advice" is the refusal the team wants, not the commitment it forbids.
-        return any(not _DISCLAIMED.search(draft.words[: m.start()]) for m in matches)
+        return any(
+            not _DISCLAIMED.search(draft.words[max(0, m.start() - _LOOKBACK) : m.start()]) for m in matches
+        )
     # Phrases split inside words ("guar antee") only show up with spaces removed; require the
     # match to start a word so that short phrases do not fire inside longer words.
     joined = "".join(tokens)

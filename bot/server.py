@@ -32,7 +32,7 @@ async def serve(settings: Settings, *, host: str, port: int, socket_mode: bool) 
     if socket_mode:
         # Slack's requests arrive over the websocket, unsigned; the agent API stays on HTTP.
         handler = AsyncSocketModeHandler(app[SLACK_APP], app_token=settings.slack_app_token)
-        await handler.connect_async()
+        await handler.connect_async()  # type: ignore[no-untyped-call]
     log.info("countersign listening on http://%s:%s%s", host, port, " (+ Socket Mode)" if socket_mode else "")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -41,5 +41,5 @@ async def serve(settings: Settings, *, host: str, port: int, socket_mode: bool) 
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     if handler is not None:
-        await handler.close_async()
+        await handler.close_async()  # type: ignore[no-untyped-call]
     await runner.cleanup()

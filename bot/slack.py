@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -20,9 +21,10 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
+from slack_sdk.models.blocks import MarkdownTextObject, SectionBlock
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import cards, policy
+from bot import cards, digest, policy
 from bot.outbox import Permanent, RetryLater
 from bot.runtime import Runtime
 from bot.settings import Category, Settings
@@ -51,6 +53,20 @@ PERMANENT_ERRORS = frozenset(
         "cant_update_message",
     }
 )
+
+
+async def post_digest(client: AsyncWebClient, channel: str, built: digest.Digest) -> None:
+    """The digest as text sections (within Block Kit limits), then the chart as a PNG file."""
+    text = built.text()
+    chunks = [text[i : i + 2900] for i in range(0, len(text), 2900)][:45]
+    content = [SectionBlock(text=MarkdownTextObject(text=chunk)) for chunk in chunks]
+    await client.chat_postMessage(channel=channel, text=text[:3000], blocks=content, unfurl_links=False)
+    await client.files_upload_v2(
+        channel=channel,
+        content=digest.png(built),
+        filename=f"countersign-trend-{built.day.isoformat()}.png",
+        title="Approved / edited / rejected, last 7 days",
+    )
 
 
 def make_client(settings: Settings, *, timeout: int = 10) -> AsyncWebClient:
@@ -153,7 +169,22 @@ class SlackJobs:
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def handlers(self) -> dict[str, Any]:
-        return {"slack.render": self.render, "slack.thread": self.thread, "slack.alert": self.alert}
+        return {
+            "slack.render": self.render,
+            "slack.thread": self.thread,
+            "slack.alert": self.alert,
+            "slack.digest": self.digest,
+        }
+
+    async def digest(self, job: OutboxJob) -> None:
+        """Post a day's digest and its 7-day trend chart to the digest channel."""
+        payload = json.loads(job.payload)
+        built = await asyncio.to_thread(digest.build, self.rt, date.fromisoformat(payload["day"]))
+        built.late = bool(payload.get("late"))
+        try:
+            await post_digest(self.client, self.rt.config.digest_channel or "", built)
+        except SlackApiError as exc:
+            raise classify(exc) from None
 
     async def render(self, job: OutboxJob) -> None:
         """Post the draft's message the first time, update it every time after."""

@@ -148,12 +148,8 @@ def check_backlog(rt: Runtime) -> bool:
     problems = []
     if limit is not None and count > limit:
         problems.append(f"{count} drafts pending (limit {limit})")
-    if max_age is not None and oldest is not None:
-        oldest_at = datetime.fromisoformat(oldest) if isinstance(oldest, str) else oldest
-        if oldest_at.tzinfo is None:
-            oldest_at = oldest_at.replace(tzinfo=now.tzinfo)
-        if now - oldest_at > max_age:
-            problems.append(f"the oldest has waited {int((now - oldest_at).total_seconds() // 60)} min")
+    if max_age is not None and oldest is not None and now - oldest > max_age:
+        problems.append(f"the oldest has waited {int((now - oldest).total_seconds() // 60)} min")
     if not problems:
         return False
     try:

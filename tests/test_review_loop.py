@@ -129,7 +129,7 @@ async def test_pending_draft_expires_and_its_message_loses_the_buttons(h: Harnes
     await h.status(created["id"], "expired")
     await eventually(lambda: not has_buttons(h.slack.message(message["channel"], message["ts"])))
     assert h.executor.requests == []
-    status, _ = await h.click("U0ALICE", ids.APPROVE, created["id"])
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
     assert (await h.draft(created["id"]))["status"] == "expired"
     await eventually(lambda: any("Already expired" in t for t in h.ephemeral_texts()))
 

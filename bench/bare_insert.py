@@ -1,0 +1,65 @@
+"""The intake benchmark's floor: a bare aiohttp handler that checks a bearer token and does one
+durable SQLite insert (WAL, synchronous=FULL) per request.
+
+bench/intake.py runs it as `python bench/bare_insert.py DB_PATH PORT`, with the token to accept in
+the BARE_TOKEN environment variable. It has no idempotency, audit, risk checks or outbox: it is the
+least any durable intake endpoint has to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import sys
+import uuid
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+
+def main() -> None:
+    path, port = sys.argv[1], int(sys.argv[2])
+    agents = {hashlib.sha256(os.environ["BARE_TOKEN"].encode()).hexdigest(): "bench"}
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS draft (id TEXT PRIMARY KEY, agent TEXT NOT NULL, idempotency_key TEXT,"
+        " category TEXT NOT NULL, summary TEXT NOT NULL, body TEXT NOT NULL, created_at TEXT NOT NULL)"
+    )
+
+    async def post_draft(request: web.Request) -> web.Response:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        agent = agents.get(hashlib.sha256(token.strip().encode()).hexdigest())
+        if scheme.lower() != "bearer" or agent is None:
+            return web.json_response({"error": {"code": "unauthorized", "message": "bad token"}}, status=401)
+        data = await request.json()
+        draft_id = "d_" + uuid.uuid4().hex
+        # Autocommit: the INSERT is its own transaction, fsynced (synchronous=FULL) before we answer.
+        db.execute(
+            "INSERT INTO draft VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                draft_id,
+                agent,
+                request.headers.get("Idempotency-Key"),
+                data["category"],
+                data["summary"],
+                data["body"],
+                datetime.now(UTC).isoformat(),
+            ),
+        )
+        url = f"{request.scheme}://{request.host}/v1/drafts/{draft_id}"
+        return web.json_response({"id": draft_id, "status": "pending", "url": url}, status=202)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/v1/drafts", post_draft)
+    app.router.add_get("/healthz", healthz)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""Intake benchmark: POST /v1/drafts throughput and latency, Countersign against a bare handler.
+
+Usage: `.venv/bin/python bench/intake.py [--seconds 10] [--clients 16] [--database-url URL]`.
+It starts the real server (`python -m bot serve`) on a fresh temporary SQLite file, or on the
+database that --database-url names (e.g. `postgresql://postgres@127.0.0.1:5432/test`), registers an
+agent with `python -m bot agents add`, and drives POST /v1/drafts in category `reply` (no money),
+each request with its own Idempotency-Key, from --clients concurrent aiohttp clients for --seconds
+(after a one-second warm-up). Slack calls go to a local stub that answers at once, so the outbox
+worker does its normal work. In the same run it starts bench/bare_insert.py, a bare aiohttp handler
+that checks a bearer token and does one durable SQLite insert (WAL, synchronous=FULL) per request,
+drives it the same way, and prints requests/s, p50 and p99 for both and the ratio
+countersign/bare. It also checks that every 202 left a row. Nothing is asserted: the numbers go in
+the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import sqlalchemy as sa
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parents[1]
+BODY = {
+    "category": "reply",
+    "summary": "Answer the customer about order 1042",
+    "body": "Hi Dana, your order 1042 ships on Monday. You'll get a tracking link by email.",
+    "context": "Where is my order 1042? It's been a week.",
+}
+CONFIG = """\
+timezone = "UTC"
+admins = ["U0ADMIN"]
+agent_rate_limit = "1000000/s"
+[categories.reply]
+channel = "C0SUPPORT"
+reviewers = ["U0ALICE", "U0BOB"]
+ai_review = false
+"""
+
+
+@dataclass
+class Result:
+    name: str
+    accepted: int
+    errors: Counter[int | str]
+    seconds: float
+    latencies: list[float]
+
+    acknowledged: int  # every 202, warm-up included: each must have left a row
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / self.seconds
+
+    def percentile(self, p: int) -> float:
+        return statistics.quantiles(self.latencies, n=100, method="inclusive")[p - 1] * 1000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"{url} exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{url} did not start:\n{log.read_text()}")
+
+
+@contextmanager
+def started(name: str, args: list[str], env: dict[str, str], workdir: Path, port: int) -> Iterator[str]:
+    log = workdir / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(process, url, log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def drive(name: str, url: str, token: str, *, clients: int, seconds: float, warmup: float) -> Result:
+    payload = json.dumps(BODY).encode()
+    latencies: list[float] = []
+    statuses: Counter[int | str] = Counter()
+    acknowledged = [0]
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def client(until: float, record: bool) -> None:
+            while time.perf_counter() < until:
+                headers = {
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": "application/json",
+                    "Idempotency-Key": uuid.uuid4().hex,
+                }
+                began = time.perf_counter()
+                try:
+                    async with session.post(f"{url}/v1/drafts", data=payload, headers=headers) as response:
+                        await response.read()
+                        status: int | str = response.status
+                except aiohttp.ClientError as exc:
+                    status = type(exc).__name__
+                if record:
+                    latencies.append(time.perf_counter() - began)
+                    statuses[status] += 1
+                elif status == 202:
+                    acknowledged[0] += 1
+
+        await asyncio.gather(*(client(time.perf_counter() + warmup, False) for _ in range(clients)))
+        began = time.perf_counter()
+        await asyncio.gather(*(client(began + seconds, True) for _ in range(clients)))
+        elapsed = time.perf_counter() - began
+    accepted = statuses.pop(202, 0)
+    return Result(name, accepted, statuses, elapsed, latencies, acknowledged[0] + accepted)
+
+
+def count_rows(url: str) -> int:
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT count(*) FROM draft")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def serve_slack_stub(port: int) -> None:
+    """Answer every Slack Web API call at once, as a healthy Slack would."""
+    counter = itertools.count(1)
+
+    async def call(request: web.Request) -> web.Response:
+        form = await request.post() if request.content_type != "application/json" else await request.json()
+        channel = str(form.get("channel") or "C0SUPPORT")
+        ts = f"{int(time.time())}.{next(counter):06d}"
+        body = {"ok": True, "channel": channel, "ts": ts, "message": {"ts": ts}}
+        if request.match_info["method"] == "users.info":
+            body["user"] = {"id": form.get("user"), "deleted": False, "is_restricted": False}
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_post("/api/{method}", call)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per target")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
+    parser.add_argument("--database-url", help="Countersign's database (default: a fresh SQLite file)")
+    parser.add_argument("--slack-stub", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.slack_stub:
+        serve_slack_stub(args.slack_stub)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="cs-bench-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "countersign.toml").write_text(CONFIG)
+        database_url = args.database_url or f"sqlite:///{workdir / 'countersign.db'}"
+        slack_port, server_port, bare_port = free_port(), free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "COUNTERSIGN_"))} | {
+            "SLACK_BOT_TOKEN": "xoxb-bench",
+            "SLACK_SIGNING_SECRET": "bench-signing-secret",
+            "COUNTERSIGN_DATABASE_URL": database_url,
+            "COUNTERSIGN_CONFIG": str(workdir / "countersign.toml"),
+            "COUNTERSIGN_SLACK_API_URL": f"http://127.0.0.1:{slack_port}/api/",
+        }
+        agent = f"bench-{secrets.token_hex(3)}"
+        added = subprocess.run(
+            [sys.executable, "-m", "bot", "agents", "add", agent, "--categories", "reply"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if added.returncode != 0:
+            sys.exit(f"agents add failed:\n{added.stderr}")
+        token = next(line[7:] for line in added.stdout.splitlines() if line.startswith("token: "))
+        before = count_rows(database_url)
+
+        python = sys.executable
+        stub = [python, __file__, "--slack-stub", str(slack_port)]
+        server = [python, "-m", "bot", "serve", "--port", str(server_port)]
+        with (
+            started("slack-stub", stub, env, workdir, slack_port),
+            started("countersign", server, env, workdir, server_port) as url,
+        ):
+            ours = asyncio.run(
+                drive("countersign", url, token, clients=args.clients, seconds=args.seconds, warmup=1.0)
+            )
+        stored = count_rows(database_url) - before
+
+        bare_token = "bare_" + secrets.token_urlsafe(24)
+        bare_db = workdir / "bare.db"
+        bare_cmd = [python, str(ROOT / "bench" / "bare_insert.py"), str(bare_db), str(bare_port)]
+        with started("bare", bare_cmd, env | {"BARE_TOKEN": bare_token}, workdir, bare_port) as url:
+            bare = asyncio.run(
+                drive("bare aiohttp", url, bare_token, clients=args.clients, seconds=args.seconds, warmup=1.0)
+            )
+        bare_stored = count_rows(f"sqlite:///{bare_db}")
+
+    backend = "PostgreSQL" if database_url.startswith("postgres") else "SQLite"
+    print(
+        f"intake: POST /v1/drafts, {args.clients} clients, {args.seconds:g} s each, countersign on {backend}"
+    )
+    print(f"{'target':<14}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'rows/202s':>15}")
+    for result, rows in ((ours, stored), (bare, bare_stored)):
+        errors = sum(result.errors.values())
+        print(
+            f"{result.name:<14}{result.rate:>12.1f}{result.percentile(50):>9.1f}"
+            f"{result.percentile(99):>9.1f}{errors:>8}{f'{rows}/{result.acknowledged}':>15}"
+        )
+        if result.errors:
+            print(f"  non-202 answers: {dict(result.errors)}")
+    print(f"ratio countersign/bare: {ours.rate / bare.rate:.2f} (throughput)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""The daily digest: how each agent and category did on one local day, ending with the chain head.
+
+It is claimed with a uniquely keyed row per day, so replicas and restarts send it once; a
+digest claimed well after `digest.at` (the server was down) says it is late.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from bot import audit, caps, chart, policy
+from bot.runtime import Runtime
+from bot.settings import currency_exponent
+from storage import queries
+from storage.db import transaction
+from storage.tables import Agent, AuditEvent, Decision, Draft, ScheduleClaim
+
+LATE_AFTER = timedelta(hours=1)
+
+
+@dataclass
+class Line:
+    """The numbers of one (agent, category) pair."""
+
+    submitted: int = 0
+    approved: int = 0
+    edited: int = 0
+    rejected: int = 0
+    expired: int = 0
+    executed: int = 0
+    failed: int = 0
+    needs_reconciliation: int = 0
+    high_risk: int = 0
+    manual: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    decision_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def edit_rate(self) -> float:
+        return self.edited / self.approved if self.approved else 0.0
+
+
+@dataclass
+class Digest:
+    day: date
+    lines: dict[tuple[str, str], Line]
+    caps: list[str]
+    auto_pauses: list[str]
+    manual_periods: list[str]
+    pending: int
+    oldest_pending: datetime | None
+    head: tuple[int, str]
+    trend: list[tuple[str, int, int, int]]  # (day, approved, edited, rejected), oldest first
+    late: bool = False
+
+    def text(self) -> str:
+        """The digest as plain text (Slack mrkdwn-compatible); `digest --print` prints exactly this."""
+        out = [
+            f"*Countersign daily digest — {self.day.isoformat()}*"
+            + (" (late: the server was down)" if self.late else "")
+        ]
+        if not self.lines:
+            out.append("No drafts were submitted or decided.")
+        for (agent, category), line in sorted(self.lines.items()):
+            out.append(f"\n*{agent} · {category}*")
+            out.append(
+                f"submitted {line.submitted} · approved {line.approved} (edited {line.edited}, "
+                f"edit rate {line.edit_rate:.0%}) · rejected {line.rejected} · expired {line.expired}"
+            )
+            out.append(
+                f"executed {line.executed} · failed {line.failed} · needs reconciliation {line.needs_reconciliation}"
+                f" · high-risk findings {line.high_risk}"
+            )
+            if line.manual:
+                out.append(
+                    "manual: " + ", ".join(f"{reason} {n}" for reason, n in sorted(line.manual.items()))
+                )
+            if line.reasons:
+                top = "; ".join(f"“{reason[:60]}” x{n}" for reason, n in line.reasons.most_common(3))
+                out.append(f"top rejection reasons: {top}")
+            if line.decision_seconds:
+                median = statistics.median(line.decision_seconds)
+                p90 = _percentile(line.decision_seconds, 0.9)
+                out.append(f"time to decision: median {_dur(median)}, p90 {_dur(p90)}")
+        out.append("\n*Caps*")
+        out.extend(self.caps or ["no caps configured"])
+        if self.auto_pauses:
+            out.append("*Auto-pauses*")
+            out.extend(self.auto_pauses)
+        if self.manual_periods:
+            out.append("*Manual periods*")
+            out.extend(self.manual_periods)
+        oldest = (
+            "" if self.oldest_pending is None else f" (oldest since {self.oldest_pending:%Y-%m-%d %H:%M} UTC)"
+        )
+        out.append(f"*Still pending*: {self.pending}{oldest}")
+        out.append(f"*Audit chain head*: #{self.head[0]} {self.head[1]}")
+        return "\n".join(out)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _dur(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(seconds % 60):02d}s"
+
+
+def build(rt: Runtime, day: date, *, until: datetime | None = None) -> Digest:
+    """Compute the digest of a local calendar day (up to `until` when it is today)."""
+    zone = rt.config.timezone
+    start, end = policy.day_bounds(day, zone)
+    if until is not None:
+        end = min(end, until)
+    with transaction(rt.engine) as session:
+        names = {a.id: a.name for a in session.exec(select(Agent)).all()}
+        lines: dict[tuple[str, str], Line] = defaultdict(Line)
+        created = session.exec(
+            select(Draft).where(col(Draft.created_at) >= start, col(Draft.created_at) < end)
+        ).all()
+        for draft in created:
+            line = lines[(names.get(draft.agent_id, "?"), draft.category)]
+            line.submitted += 1
+            if draft.reason:
+                line.manual[draft.reason] += 1
+            if json.loads(draft.risk).get("level") == "high":
+                line.high_risk += 1
+        decided = session.exec(
+            select(Draft).where(col(Draft.decided_at) >= start, col(Draft.decided_at) < end)
+        ).all()
+        for draft in decided:
+            line = lines[(names.get(draft.agent_id, "?"), draft.category)]
+            if draft.status == "expired":
+                line.expired += 1
+                continue
+            if draft.status in ("executed", "failed", "needs_reconciliation"):
+                setattr(line, draft.status, getattr(line, draft.status) + 1)
+            if draft.status != "handled" and draft.decided_at is not None:
+                line.decision_seconds.append((draft.decided_at - draft.created_at).total_seconds())
+        decisions = session.exec(
+            select(Decision, Draft)
+            .join(Draft, col(Draft.id) == col(Decision.draft_id))
+            .where(col(Decision.at) >= start, col(Decision.at) < end)
+        ).all()
+        for decision, draft in decisions:
+            line = lines[(names.get(draft.agent_id, "?"), draft.category)]
+            if decision.action in ("approve", "edit") and draft.decided_by == decision.by:
+                line.approved += 1
+                line.edited += decision.action == "edit" or draft.edited
+            elif decision.action == "reject":
+                line.rejected += 1
+                line.reasons[(decision.reason or "").strip()] += 1
+        cap_lines = _caps(session, rt, day)
+        pauses, periods = _control_events(session, start, end)
+        pending, oldest = session.execute(
+            sa.select(sa.func.count(), sa.func.min(col(Draft.created_at))).where(
+                col(Draft.status) == "pending", col(Draft.created_at) < end
+            )
+        ).one()
+        head = audit.head(session)
+        trend = [_trend_day(session, day - timedelta(days=back), zone) for back in range(6, -1, -1)]
+    return Digest(
+        day=day,
+        lines=dict(lines),
+        caps=cap_lines,
+        auto_pauses=pauses,
+        manual_periods=periods,
+        pending=int(pending),
+        oldest_pending=oldest,
+        head=head,
+        trend=trend,
+    )
+
+
+def _caps(session: Session, rt: Runtime, day: date) -> list[str]:
+    out = []
+    for name, category in sorted(rt.config.categories.items()):
+        if category.daily_count_cap is None and category.daily_amount_cap is None:
+            continue
+        count_cap, amount_cap = caps.limits(session, category)
+        count_used, amount_used = queries.cap_usage(session, caps.scope(name), day.isoformat())
+        usage = caps.Usage(
+            category=name,
+            day=day.isoformat(),
+            currency=category.currency,
+            exponent=currency_exponent(category.currency),
+            count_cap=count_cap,
+            amount_cap_minor=amount_cap,
+            count_used=count_used,
+            amount_used_minor=amount_used,
+        )
+        out.append(f"{name}: {usage.describe().replace(' today', '')}")
+    return out
+
+
+def _control_events(session: Session, start: datetime, end: datetime) -> tuple[list[str], list[str]]:
+    events = session.exec(
+        select(AuditEvent)
+        .where(col(AuditEvent.at) >= start, col(AuditEvent.at) < end)
+        .where(col(AuditEvent.action).in_(["agent.paused", "category.manual", "category.review"]))
+        .order_by(col(AuditEvent.seq))
+    ).all()
+    pauses, periods = [], []
+    for event in events:
+        after = json.loads(event.after) or {}
+        if event.action == "agent.paused" and event.actor == "system:breaker":
+            pauses.append(
+                f"{event.subject.removeprefix('agent:')} at {event.at:%H:%M} UTC: {after.get('reason')}"
+            )
+        elif event.action == "category.manual":
+            periods.append(
+                f"{event.subject.removeprefix('category:')} manual from {event.at:%H:%M} UTC by {event.actor}"
+            )
+        elif event.action == "category.review":
+            periods.append(
+                f"{event.subject.removeprefix('category:')} back to review at {event.at:%H:%M} UTC"
+            )
+    return pauses, periods
+
+
+def _trend_day(session: Session, day: date, zone: Any) -> tuple[str, int, int, int]:
+    start, end = policy.day_bounds(day, zone)
+    rows = session.execute(
+        sa.select(col(Decision.action), sa.func.count())
+        .where(col(Decision.at) >= start, col(Decision.at) < end)
+        .group_by(col(Decision.action))
+    ).all()
+    counts = dict((row[0], int(row[1])) for row in rows)
+    return day.isoformat(), counts.get("approve", 0), counts.get("edit", 0), counts.get("reject", 0)
+
+
+def png(digest: Digest) -> bytes:
+    return chart.bar_chart([(a, e, r) for _, a, e, r in digest.trend])
+
+
+def claim_due(rt: Runtime, *, worker: str) -> tuple[date, bool] | None:
+    """If yesterday's digest is due and unclaimed, claim it: (day, late). Once per day across replicas."""
+    if rt.config.digest_channel is None:
+        return None
+    now = rt.clock()
+    local = now.astimezone(rt.config.timezone)
+    due_at = datetime.combine(local.date(), rt.config.digest_at, tzinfo=rt.config.timezone)
+    if local < due_at:
+        return None
+    day = local.date() - timedelta(days=1)
+    late = local > due_at + LATE_AFTER
+    try:
+        with transaction(rt.engine) as session:
+            session.add(
+                ScheduleClaim(name=f"digest:{day.isoformat()}", claimed_by=worker, claimed_at=now, late=late)
+            )
+            session.flush()
+            queries.enqueue(
+                session, "slack.digest", {"day": day.isoformat(), "late": late}, now=now, max_attempts=1000
+            )
+    except IntegrityError:
+        return None
+    rt.wake_outbox()
+    return day, late
+
+
+def sent_days(session: Session) -> list[str]:
+    return [
+        c.name
+        for c in session.exec(
+            select(ScheduleClaim).where(col(ScheduleClaim.name).startswith("digest:"))
+        ).all()
+    ]

@@ -1,0 +1,281 @@
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from bot import agents
+from bot.errors import Unauthorized
+from bot.runtime import Runtime
+from bot.settings import load_settings
+from storage import migrate
+from storage.db import create_db_engine
+from tests.conftest import make_env, write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BROKEN_CONFIG = """\
+timezone = "Mars/Olympus"
+admins = ["alice"]
+colour = "blue"
+[categories.refund]
+channel = "C0REFUNDS"
+reviewers = ["U0ALICE", "bob"]
+daily_amount_cap = "lots"
+expire_after = "4 hours"
+executor = { url = "http://billing.internal/refunds", secret_env = "CS_TEST_UNSET_SECRET" }
+"""
+BROKEN_KEYS = [
+    "colour",
+    "timezone",
+    "admins",
+    "categories.refund.reviewers",
+    "categories.refund.daily_amount_cap",
+    "categories.refund.expire_after",
+    "categories.refund.executor.secret_env",
+]
+
+
+def run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("SLACK_", "COUNTERSIGN_", "ANTHROPIC_", "REFUND_", "CS_TEST_"))
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        env=inherited | env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def env(db_url: str, tmp_path: Path) -> dict[str, str]:
+    return make_env(db_url, write_config(tmp_path))
+
+
+@pytest.fixture
+def sqlite_env(tmp_path: Path) -> dict[str, str]:
+    return make_env(f"sqlite:///{tmp_path / 'countersign.db'}", write_config(tmp_path))
+
+
+@pytest.fixture
+def runtime(env: dict[str, str]) -> Iterator[Runtime]:
+    settings = load_settings(env)
+    engine = create_db_engine(settings.database_url)
+    migrate.upgrade(engine)
+    yield Runtime(engine=engine, config=settings.config)
+    engine.dispose()
+
+
+def printed(output: str, label: str) -> str:
+    values = [line.split(": ", 1)[1] for line in output.splitlines() if line.startswith(f"{label}: ")]
+    assert len(values) == 1, output
+    return values[0]
+
+
+def register(runtime: Runtime, name: str = "support-bot", categories: str = "refund,reply") -> str:
+    return agents.add(runtime, name=name, categories=categories.split(","), callback_prefixes=[]).token
+
+
+def test_help_lists_every_command_when_run_as_python_m_bot(sqlite_env: dict[str, str]) -> None:
+    done = run(sqlite_env, "--help")
+    assert done.returncode == 0, done.stderr
+    for command in ("serve", "agents", "check-config", "db", "audit"):
+        assert command in done.stdout
+
+
+def test_agents_add_prints_a_token_and_callback_secret_once_that_work(
+    env: dict[str, str], runtime: Runtime
+) -> None:
+    done = run(
+        env,
+        "agents",
+        "add",
+        "support-bot",
+        "--categories",
+        "refund,reply",
+        "--callback-prefix",
+        "http://127.0.0.1:8080/",
+    )
+    assert done.returncode == 0, done.stderr
+    token, secret = printed(done.stdout, "token"), printed(done.stdout, "callback_secret")
+    assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:], validate=True)) >= 24
+    agent = agents.authenticate(runtime, token)
+    assert agent.name == "support-bot" and agent.categories == "refund,reply"
+    assert json.loads(agent.callback_prefixes) == ["http://127.0.0.1:8080/"]
+    assert agent.callback_secret == secret
+    with runtime.engine.connect() as conn:
+        stored = [row[0] for row in conn.execute(sa.text("SELECT token_hash FROM agent_token"))]
+    assert stored == [hashlib.sha256(token.encode()).hexdigest()]
+    listed = run(env, "agents", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert token not in listed.stdout + listed.stderr and secret not in listed.stdout + listed.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["support-bot", "--categories", "refund,wire"], "unknown categories: wire"),
+        (["Support Bot", "--categories", "reply"], "lowercase"),
+        (["support-bot", "--categories", "reply", "--callback-prefix", "ftp://x/"], "callback prefix"),
+        (["taken-bot", "--categories", "reply"], "agent 'taken-bot' already exists"),
+    ],
+)
+def test_agents_add_exits_2_and_registers_nothing_when_an_argument_is_invalid(
+    sqlite_env: dict[str, str], args: list[str], message: str
+) -> None:
+    settings = load_settings(sqlite_env)
+    engine = create_db_engine(settings.database_url)
+    migrate.upgrade(engine)
+    try:
+        rt = Runtime(engine=engine, config=settings.config)
+        register(rt, "taken-bot", "refund")
+        done = run(sqlite_env, "agents", "add", *args)
+        assert done.returncode == 2
+        assert message in done.stderr and "token" not in done.stdout
+        assert [(agent.name, agent.categories) for agent in agents.list_all(rt)] == [("taken-bot", "refund")]
+    finally:
+        engine.dispose()
+
+
+def test_agents_list_shows_each_agent_with_its_state_and_categories(
+    env: dict[str, str], runtime: Runtime
+) -> None:
+    register(runtime, "triage-bot", "reply")
+    register(runtime, "support-bot")
+    listed = run(env, "agents", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == ["support-bot\tactive\trefund,reply", "triage-bot\tactive\treply"]
+
+
+def test_agents_rotate_revokes_the_old_token_and_prints_a_new_one(
+    env: dict[str, str], runtime: Runtime
+) -> None:
+    old = register(runtime)
+    done = run(env, "agents", "rotate", "support-bot")
+    assert done.returncode == 0, done.stderr
+    new = printed(done.stdout, "token")
+    assert new != old
+    assert agents.authenticate(runtime, new).name == "support-bot"
+    with pytest.raises(Unauthorized):
+        agents.authenticate(runtime, old)
+
+
+def test_agents_remove_revokes_the_token_and_keeps_the_agent_listed_as_removed(
+    env: dict[str, str], runtime: Runtime
+) -> None:
+    token = register(runtime)
+    done = run(env, "agents", "remove", "support-bot")
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(Unauthorized):
+        agents.authenticate(runtime, token)
+    listed = run(env, "agents", "list")
+    assert listed.stdout.splitlines() == ["support-bot\tremoved\t-"]
+
+
+@pytest.mark.parametrize("command", ["rotate", "remove"])
+def test_agents_command_exits_2_naming_the_agent_when_it_is_unknown(
+    sqlite_env: dict[str, str], command: str
+) -> None:
+    done = run(sqlite_env, "agents", command, "ghost-bot")
+    assert done.returncode == 2
+    assert "no agent named 'ghost-bot'" in done.stderr
+    assert done.stdout == ""
+
+
+def test_check_config_exits_0_when_the_config_is_good(sqlite_env: dict[str, str]) -> None:
+    done = run(sqlite_env, "check-config")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{sqlite_env['COUNTERSIGN_CONFIG']}: ok"
+
+
+def test_check_config_exits_2_listing_every_problem_by_file_and_key_when_the_config_is_broken(
+    sqlite_env: dict[str, str],
+) -> None:
+    path = Path(sqlite_env["COUNTERSIGN_CONFIG"])
+    path.write_text(BROKEN_CONFIG)
+    done = run(sqlite_env, "check-config")
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    for key in BROKEN_KEYS:
+        assert any(line.startswith(f"{path}: {key}: ") for line in lines), key
+    assert f"{len(BROKEN_KEYS)} problem(s) found in {path}" in done.stderr
+    assert "CS_TEST_UNSET_SECRET" in done.stderr
+
+
+def test_check_config_exits_2_when_the_file_is_missing(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.toml"
+    done = run(make_env(f"sqlite:///{tmp_path / 'x.db'}", missing), "check-config")
+    assert done.returncode == 2
+    assert f"{missing}: file not found" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "where"),
+    [("SLACK_BOT_TOKEN", "OAuth & Permissions"), ("SLACK_SIGNING_SECRET", "Basic Information")],
+)
+def test_serve_exits_2_naming_the_missing_slack_variable_and_where_to_get_it(
+    sqlite_env: dict[str, str], tmp_path: Path, variable: str, where: str
+) -> None:
+    env = {name: value for name, value in sqlite_env.items() if name != variable}
+    done = run(env, "serve", "--port", "9", timeout=30)
+    assert done.returncode == 2
+    assert f"{variable} is not set" in done.stderr
+    assert "api.slack.com/apps" in done.stderr and where in done.stderr
+    assert not (tmp_path / "countersign.db").exists()
+
+
+def test_serve_exits_2_without_starting_when_the_config_is_invalid(
+    sqlite_env: dict[str, str], tmp_path: Path
+) -> None:
+    Path(sqlite_env["COUNTERSIGN_CONFIG"]).write_text(BROKEN_CONFIG)
+    done = run(sqlite_env, "serve", "--port", "9", timeout=30)
+    assert done.returncode == 2
+    assert "invalid configuration" in done.stderr
+    assert "categories.refund.daily_amount_cap" in done.stderr
+    assert not (tmp_path / "countersign.db").exists()
+
+
+def test_db_upgrade_migrates_a_fresh_database_and_is_idempotent(env: dict[str, str], db_url: str) -> None:
+    for _ in range(2):
+        done = run(env, "db", "upgrade")
+        assert done.returncode == 0, done.stderr
+        assert "up to date" in done.stdout
+    engine = create_db_engine(db_url)
+    try:
+        tables = set(sa.inspect(engine).get_table_names())
+        expected = {"agent", "agent_token", "draft", "decision", "audit_event", "outbox_job", "cap_usage"}
+        assert expected | {"alembic_version", "control_state", "idempotency_record"} <= tables
+        assert migrate.is_current(engine)
+    finally:
+        engine.dispose()
+
+
+def test_audit_verify_exits_0_on_a_good_chain_and_1_naming_the_row_after_tampering(
+    env: dict[str, str], runtime: Runtime
+) -> None:
+    register(runtime, "support-bot")
+    register(runtime, "triage-bot")
+    agents.rotate(runtime, name="triage-bot")
+    good = run(env, "audit", "verify")
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.startswith("audit chain ok: 3 rows, head 3 ")
+    with runtime.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE audit_event SET actor = 'U0MALLORY' WHERE seq = 2"))
+    bad = run(env, "audit", "verify")
+    assert bad.returncode == 1
+    assert "audit chain broken at row 2" in bad.stderr
+    assert bad.stdout == ""

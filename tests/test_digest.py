@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import zlib
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from bot import agents, decisions, digest, drafts, policy
+from bot.runtime import Runtime
+from bot.schemas import DraftIn
+from tests.conftest import FrozenClock, make_env, write_config
+from tests.harness import eventually, harness
+
+ALICE = policy.Reviewer("U0ALICE")
+BOB = policy.Reviewer("U0BOB")
+REVIEWERS = frozenset({"U0ALICE", "U0BOB"})
+
+
+def submit(rt: Runtime, agent: agents.Agent, **fields: str) -> str:
+    body = {
+        "category": "refund",
+        "summary": "s",
+        "body": "Refund of $30.00 issued.",
+        "amount": "30.00",
+    } | fields
+    _, created = drafts.submit(rt, agent=agent, draft=DraftIn.model_validate(body), key=None, base_url="")
+    return str(created["id"])
+
+
+def script_day(rt: Runtime, clock: FrozenClock) -> None:
+    """A day of events in America/New_York: 2026-11-24 runs 05:00Z to 05:00Z next day."""
+    agents.add(rt, name="support-bot", categories=["refund", "reply"], callback_prefixes=[])
+    agent = agents.authenticate(rt, agents.rotate(rt, name="support-bot"))
+    clock.now = datetime(2026, 11, 24, 4, 59, tzinfo=UTC)  # 23:59 the day before: not counted
+    submit(rt, agent, summary="yesterday")
+    clock.now = datetime(2026, 11, 24, 14, 0, tzinfo=UTC)
+    approved = submit(rt, agent)
+    edited = submit(rt, agent)
+    rejected = [submit(rt, agent), submit(rt, agent)]
+    clock.advance(minutes=10)
+    decisions.approve(rt, draft_id=approved, version=1, user="U0ALICE", reviewers=REVIEWERS, reviewer=ALICE)
+    clock.advance(minutes=20)
+    decisions.approve(
+        rt,
+        draft_id=edited,
+        version=1,
+        user="U0BOB",
+        reviewers=REVIEWERS,
+        reviewer=BOB,
+        edited_body="Better reply",
+    )
+    for draft_id in rejected:
+        decisions.reject(
+            rt,
+            draft_id=draft_id,
+            version=1,
+            user="U0ALICE",
+            reviewers=REVIEWERS,
+            reviewer=ALICE,
+            reason="wrong order",
+        )
+    submit(rt, agent, summary="waits")
+    clock.now = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
+    assert decisions.expire_due(rt) == 1  # the 04:59Z draft expired at 08:59Z; "waits" has until 18:30Z
+    clock.now = datetime(2026, 11, 24, 16, 0, tzinfo=UTC)
+
+
+def test_digest_numbers_match_a_scripted_day(rt: Runtime, clock: FrozenClock) -> None:
+    script_day(rt, clock)
+    built = digest.build(rt, date(2026, 11, 24))
+    line = built.lines[("support-bot", "refund")]
+    assert line.submitted == 5
+    assert (line.approved, line.edited, line.rejected) == (2, 1, 2)
+    assert line.reasons == {"wrong order": 2}
+    assert line.expired == 1  # the draft from 23:59 the day before expired during this day
+    assert sorted(line.decision_seconds) == [600.0, 1800.0, 1800.0, 1800.0]
+    assert built.caps == ["refund: 2/20 · 60.00/500.00 USD", "reply: 0/300"]
+    assert built.pending == 1
+    assert built.head[0] > 0
+    text = built.text()
+    assert "approved 2 (edited 1, edit rate 50%)" in text and "rejected 2" in text
+    assert f"#{built.head[0]} {built.head[1]}" in text
+
+
+def test_digest_of_a_zero_activity_day_says_so(rt: Runtime) -> None:
+    built = digest.build(rt, date(2026, 11, 20))
+    assert built.lines == {} and built.pending == 0
+    assert "No drafts were submitted or decided." in built.text()
+
+
+def test_digest_day_follows_the_local_calendar_across_dst(rt: Runtime, clock: FrozenClock) -> None:
+    agents.add(rt, name="support-bot", categories=["refund"], callback_prefixes=[])
+    agent = agents.authenticate(rt, agents.rotate(rt, name="support-bot"))
+    # 2026-11-01 in New York is 25 hours long: 04:00Z to 05:00Z the next day.
+    for at in (datetime(2026, 11, 1, 4, 0, tzinfo=UTC), datetime(2026, 11, 2, 4, 59, tzinfo=UTC)):
+        clock.now = at
+        submit(rt, agent)
+    clock.now = datetime(2026, 11, 2, 5, 0, tzinfo=UTC)
+    submit(rt, agent)
+    assert digest.build(rt, date(2026, 11, 1)).lines[("support-bot", "refund")].submitted == 2
+    assert digest.build(rt, date(2026, 11, 2)).lines[("support-bot", "refund")].submitted == 1
+
+
+def test_digest_is_claimed_once_per_day_and_marked_late_when_overdue(rt: Runtime, clock: FrozenClock) -> None:
+    clock.now = datetime(2026, 11, 24, 13, 59, tzinfo=UTC)  # 08:59 local: not due
+    assert digest.claim_due(rt, worker="a") is None
+    clock.now = datetime(2026, 11, 24, 14, 0, tzinfo=UTC)
+    assert digest.claim_due(rt, worker="a") == (date(2026, 11, 23), False)
+    assert digest.claim_due(rt, worker="b") is None
+    clock.now = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)  # down over 09:00: sent on start, late
+    assert digest.claim_due(rt, worker="b") == (date(2026, 11, 24), True)
+
+
+def test_trend_chart_is_a_valid_png() -> None:
+    png = digest.chart.bar_chart([(3, 1, 0), (0, 0, 0), (5, 2, 4)], width=100, height=50)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = struct.unpack(">II", png[16:24])
+    assert (width, height) == (100, 50)
+    idat = png[png.index(b"IDAT") + 4 : png.index(b"IEND") - 8]
+    assert len(zlib.decompress(idat)) == 50 * (1 + 100 * 3)
+
+
+def test_digest_print_cli_prints_the_same_numbers(
+    db_url: str, tmp_path: Path, rt: Runtime, clock: FrozenClock
+) -> None:
+    script_day(rt, clock)
+    env = make_env(db_url, write_config(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "digest", "--date", "2026-11-24", "--print"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    expected = digest.build(rt, date(2026, 11, 24)).text()
+    assert result.stdout.strip() == expected.strip()
+
+
+async def test_scheduled_digest_is_posted_once_with_its_chart(db_url: str, tmp_path: Path) -> None:
+    async with harness(db_url, tmp_path) as h:
+        await h.submit()
+        local = h.clock().astimezone(h.rt.config.timezone)
+        due = datetime.combine(local.date(), h.rt.config.digest_at, tzinfo=h.rt.config.timezone)
+        if local < due:
+            h.clock.offset += due - local
+        posts = await eventually(
+            lambda: [c for c in h.slack.calls("chat.postMessage") if c.params.get("channel") == "C0AUDIT"]
+        )
+        await eventually(lambda: h.slack.calls("files.completeUploadExternal"))
+        assert "Audit chain head" in posts[0].params["text"]
+        h.clock.advance(minutes=30)
+        await eventually(lambda: len(h.slack.calls("files.completeUploadExternal")) == 1)
+        assert (
+            len([c for c in h.slack.calls("chat.postMessage") if c.params.get("channel") == "C0AUDIT"]) == 1
+        )
