@@ -7,7 +7,9 @@ import hashlib
 import json
 import re
 import secrets
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -84,7 +86,7 @@ def add(rt: Runtime, *, name: str, categories: list[str], callback_prefixes: lis
 
 
 def list_all(rt: Runtime) -> list[Agent]:
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, write=False) as session:
         return list(session.exec(select(Agent).order_by(Agent.name)).all())
 
 
@@ -130,11 +132,33 @@ def _by_name(rt: Runtime, name: str, session: Any) -> Agent:
 
 def authenticate(rt: Runtime, token: str) -> Agent:
     """The agent a bearer token belongs to; 401 for anything else."""
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, write=False) as session:
         agent = queries.agent_for_token(session, hash_token(token))
     if agent is None or not agent.categories:
         raise Unauthorized("unknown or revoked agent token")
     return agent
+
+
+@dataclass
+class TokenCache:
+    """Recently seen tokens, so the hot path skips a query. A rotated or removed token keeps
+    working for at most `ttl` seconds in a process that saw it; pause and categories are
+    re-read by every use-case, never taken from here."""
+
+    ttl: float = 2.0
+    clock: Callable[[], float] = time.monotonic
+    _entries: dict[str, tuple[float, Agent]] = field(default_factory=dict)
+
+    def get(self, token: str) -> Agent | None:
+        entry = self._entries.get(hash_token(token))
+        if entry is None or self.clock() - entry[0] > self.ttl:
+            return None
+        return entry[1]
+
+    def put(self, token: str, agent: Agent) -> None:
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[hash_token(token)] = (self.clock(), agent)
 
 
 def heartbeat(rt: Runtime, *, agent: Agent) -> dict[str, Any]:
@@ -169,7 +193,7 @@ def heartbeat(rt: Runtime, *, agent: Agent) -> dict[str, Any]:
 def me(rt: Runtime, *, agent: Agent) -> dict[str, Any]:
     """The agent's state and today's mode and cap usage per allowed category."""
     now = rt.clock()
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, write=False) as session:
         fresh = session.get(Agent, agent.id)
         if fresh is None:
             raise Unauthorized("agent removed")

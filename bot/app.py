@@ -17,7 +17,9 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot import decisions, digest, slack, watchdogs
 from bot import slack_app as slack_app_module
+from bot.agents import TokenCache
 from bot.control import Control
+from bot.intake import IntakeWriter
 from bot.outbox import Worker
 from bot.ratelimit import RateLimiter
 from bot.runtime import Clock, Runtime, utcnow
@@ -104,6 +106,8 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
         middlewares=[agent_api.errors_middleware], client_max_size=max(config.max_body_bytes, 1024 * 1024)
     )
     app[agent_api.RUNTIME] = rt
+    app[agent_api.TOKENS] = TokenCache()
+    writer = app[agent_api.INTAKE] = IntakeWriter(rt)
     app[agent_api.LIMITER] = RateLimiter(
         capacity=config.agent_rate_limit.count, per_seconds=config.agent_rate_limit.per.total_seconds()
     )
@@ -133,6 +137,7 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
     async def background(app: web.Application) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[None]] = []
         stop = asyncio.Event()
+        intake_task = asyncio.create_task(writer.run(), name="intake")
         if options.run_workers:
             tasks.append(asyncio.create_task(worker.run(), name="outbox"))
             tasks.append(
@@ -152,6 +157,9 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        intake_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await intake_task
         await webhook_jobs.close()
         rt.engine.dispose()
 

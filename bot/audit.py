@@ -10,7 +10,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from storage.db import lock_audit_chain
+from storage.db import lock_audit_chain, transaction
 from storage.tables import AuditEvent
 
 GENESIS = "0" * 64
@@ -56,6 +56,61 @@ def row_hash(
     return hashlib.sha256(canonical(fields).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Event:
+    """One audit event before it is chained."""
+
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    before: Any = None
+    after: Any = None
+    outcome: str = "ok"
+
+
+def append_many(session: Session, events: Sequence[Event]) -> None:
+    """Chain and insert events in order, in the caller's transaction, under the chain lock."""
+    if not events:
+        return
+    lock_audit_chain(session)
+    last = session.execute(
+        sa.select(col(AuditEvent.seq), col(AuditEvent.hash)).order_by(col(AuditEvent.seq).desc()).limit(1)
+    ).first()
+    seq, prev_hash = (last[0], last[1]) if last else (0, GENESIS)
+    rows = []
+    for event in events:
+        seq += 1
+        before_json, after_json = canonical(event.before), canonical(event.after)
+        digest = row_hash(
+            seq=seq,
+            at=event.at,
+            actor=event.actor,
+            action=event.action,
+            subject=event.subject,
+            before=before_json,
+            after=after_json,
+            outcome=event.outcome,
+            prev_hash=prev_hash,
+        )
+        rows.append(
+            {
+                "seq": seq,
+                "at": event.at,
+                "actor": event.actor,
+                "action": event.action,
+                "subject": event.subject,
+                "before": before_json,
+                "after": after_json,
+                "outcome": event.outcome,
+                "prev_hash": prev_hash,
+                "hash": digest,
+            }
+        )
+        prev_hash = digest
+    session.execute(sa.insert(AuditEvent.__table__), rows)  # type: ignore[attr-defined]
+
+
 def append(
     session: Session,
     *,
@@ -66,41 +121,9 @@ def append(
     before: Any = None,
     after: Any = None,
     outcome: str = "ok",
-) -> AuditEvent:
+) -> None:
     """Append one event in the caller's transaction, after taking the chain lock."""
-    lock_audit_chain(session)
-    last = session.execute(
-        sa.select(col(AuditEvent.seq), col(AuditEvent.hash)).order_by(col(AuditEvent.seq).desc()).limit(1)
-    ).first()
-    seq, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS)
-    at = at.replace(microsecond=at.microsecond)
-    before_json, after_json = canonical(before), canonical(after)
-    digest = row_hash(
-        seq=seq,
-        at=at,
-        actor=actor,
-        action=action,
-        subject=subject,
-        before=before_json,
-        after=after_json,
-        outcome=outcome,
-        prev_hash=prev_hash,
-    )
-    event = AuditEvent(
-        seq=seq,
-        at=at,
-        actor=actor,
-        action=action,
-        subject=subject,
-        before=before_json,
-        after=after_json,
-        outcome=outcome,
-        prev_hash=prev_hash,
-        hash=digest,
-    )
-    session.add(event)
-    session.flush()
-    return event
+    append_many(session, [Event(at, actor, action, subject, before, after, outcome)])
 
 
 @dataclass(frozen=True)
@@ -116,7 +139,7 @@ class Verification:
 def verify(engine: Engine) -> Verification:
     """Walk the chain from the first row; report the first row that does not fit."""
     expected_seq, prev_hash, rows = 1, GENESIS, 0
-    with Session(engine) as session:
+    with transaction(engine, write=False) as session:
         for event in session.exec(select(AuditEvent).order_by(AuditEvent.seq)).yield_per(1000):  # type: ignore[arg-type]
             rows += 1
             if event.seq != expected_seq:
@@ -172,7 +195,7 @@ def export(engine: Engine, *, since: datetime | None, fmt: str) -> Iterator[str]
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(EXPORT_FIELDS)
         yield buffer.getvalue()
-    with Session(engine) as session:
+    with transaction(engine, write=False) as session:
         for event in session.exec(query).yield_per(1000):
             record = {name: getattr(event, name) for name in EXPORT_FIELDS}
             record["at"] = event.at.isoformat()

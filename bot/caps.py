@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlmodel import Session
 
@@ -47,12 +48,16 @@ class Usage:
 
 def limits(session: Session, category: Category) -> tuple[int | None, int | None]:
     """(count cap, amount cap in minor units): a human override from `/agent cap` wins over config."""
+    return limits_from(category, queries.get_control(session, f"cap:{category.name}"))
+
+
+def limits_from(category: Category, override: dict[str, Any] | None) -> tuple[int | None, int | None]:
+    """The same, given the override switch already read."""
     exponent = currency_exponent(category.currency)
     count_cap = category.daily_count_cap
     amount_cap = (
         None if category.daily_amount_cap is None else policy.to_minor(category.daily_amount_cap, exponent)
     )
-    override = queries.get_control(session, f"cap:{category.name}")
     if override:
         count_cap = override.get("count_cap", count_cap)
         amount_cap = override.get("amount_cap_minor", amount_cap)

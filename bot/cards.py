@@ -27,7 +27,7 @@ class Placement:
 def load_card(rt: Runtime, draft_id: str) -> tuple[DraftCard, Placement] | None:
     """The card for a draft and where to post it; None when the draft or its category is gone."""
     now = rt.clock()
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, write=False) as session:
         draft = session.get(Draft, draft_id)
         if draft is None:
             return None

@@ -359,7 +359,7 @@ class Control:
 
     def caps_text(self) -> str:
         now = self.rt.clock()
-        with transaction(self.rt.engine) as session:
+        with transaction(self.rt.engine, write=False) as session:
             lines = [
                 f"• *{name}*: {caps.usage(session, self.rt.config, category, now).describe()}"
                 for name, category in sorted(self.rt.config.categories.items())
@@ -368,7 +368,7 @@ class Control:
 
     def snapshot(self, user: str = "") -> Home:
         now = self.rt.clock()
-        with transaction(self.rt.engine) as session:
+        with transaction(self.rt.engine, write=False) as session:
             agents = session.exec(select(Agent).where(Agent.categories != "").order_by(Agent.name)).all()
             controls = queries.get_controls(
                 session, ["pause:all", *[f"mode:{c}" for c in self.rt.config.categories]]

@@ -53,7 +53,7 @@ def _refuse_audited(rt: Runtime, *, user: str, action: str, subject: str, why: s
 
 
 def _who_decided(rt: Runtime, draft_id: str) -> str:
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, write=False) as session:
         draft = session.get(Draft, draft_id)
         if draft is None:
             return "This draft no longer exists."

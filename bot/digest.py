@@ -124,7 +124,7 @@ def build(rt: Runtime, day: date, *, until: datetime | None = None) -> Digest:
     start, end = policy.day_bounds(day, zone)
     if until is not None:
         end = min(end, until)
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, write=False) as session:
         names = {a.id: a.name for a in session.exec(select(Agent)).all()}
         lines: dict[tuple[str, str], Line] = defaultdict(Line)
         created = session.exec(

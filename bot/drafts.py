@@ -1,4 +1,4 @@
-"""Agent-side use-cases on drafts: submit, read, withdraw, report done.
+"""Agent-side use-cases on drafts after intake: read, withdraw, report done.
 
 Each runs in one transaction that writes the state change, its audit event and the outbox
 jobs (Slack message, agent callback) together, so a crash loses nothing and sends nothing twice.
@@ -6,206 +6,23 @@ jobs (Slack message, agent callback) together, so a crash loses nothing and send
 
 from __future__ import annotations
 
-import hashlib
 import json
-from datetime import datetime, timedelta
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from bot import audit, caps, policy
-from bot.errors import Conflict, Forbidden, IdempotencyMismatch, Invalid, NotFound
-from bot.risk import RiskRules, check_rules, risk_level
+from bot.errors import Conflict, NotFound
 from bot.runtime import Runtime
-from bot.schemas import DoneIn, DraftIn
-from bot.settings import Category, currency_exponent
+from bot.schemas import DoneIn
+from bot.settings import currency_exponent
 from storage import queries
 from storage.db import transaction
-from storage.tables import Agent, Decision, Draft, IdempotencyRecord
+from storage.tables import Agent, Decision, Draft
 
-IDEMPOTENCY_RETENTION = timedelta(hours=24)
 MAX_WAIT_SECONDS = 30
-
-
-def request_fingerprint(draft: DraftIn) -> str:
-    """Hash of the request as parsed, so the same request spelled differently is still the same."""
-    fields = draft.model_dump(exclude={"idempotency_key"}, exclude_none=True)
-    return hashlib.sha256(audit.canonical(fields).encode()).hexdigest()
-
-
-def agent_categories(agent: Agent) -> list[str]:
-    return [name for name in agent.categories.split(",") if name]
-
-
-def risk_rules(category: Category) -> RiskRules:
-    return RiskRules(
-        money=category.money,
-        max_amount=category.max_amount,
-        currency=category.currency,
-        allowed_link_domains=category.allowed_link_domains,
-        forbidden_phrases=category.forbidden_phrases,
-    )
-
-
-def _validate(rt: Runtime, agent: Agent, draft: DraftIn) -> tuple[Category, Decimal | None, str | None]:
-    category = rt.config.categories.get(draft.category)
-    if category is None:
-        raise Invalid(f"unknown category {draft.category!r}", field="category")
-    if draft.category not in agent_categories(agent):
-        raise Forbidden(
-            f"agent {agent.name!r} may not submit to category {draft.category!r}", field="category"
-        )
-    amount: Decimal | None = None
-    currency: str | None = None
-    if draft.amount is not None:
-        currency = draft.currency or category.currency
-        if currency != category.currency:
-            raise Invalid(f"category {category.name!r} works in {category.currency}", field="currency")
-        try:
-            amount = policy.parse_api_amount(draft.amount, currency_exponent(currency))
-        except ValueError as exc:
-            raise Invalid(str(exc), field="amount") from None
-    elif draft.currency is not None:
-        raise Invalid("currency given without an amount", field="currency")
-    if draft.callback_url is not None:
-        prefixes: list[str] = json.loads(agent.callback_prefixes)
-        if not any(draft.callback_url.startswith(prefix) for prefix in prefixes):
-            raise Invalid(
-                "callback_url is not under a prefix registered for this agent", field="callback_url"
-            )
-    return category, amount, currency
-
-
-def submit(
-    rt: Runtime, *, agent: Agent, draft: DraftIn, key: str | None, base_url: str
-) -> tuple[int, dict[str, Any]]:
-    """Store a new draft (or replay the stored answer for a repeated Idempotency-Key)."""
-    category, amount, currency = _validate(rt, agent, draft)
-    findings = check_rules(
-        rules=risk_rules(category), body=draft.body, context=draft.context, amount=amount, currency=currency
-    )
-    level = risk_level(findings)
-    risk = {
-        "level": level,
-        "findings": [finding.to_dict() for finding in findings],
-        "ai": {"status": "pending" if category.ai_review else "off", "note": ""},
-    }
-    fingerprint = request_fingerprint(draft)
-    for attempt in range(3):
-        try:
-            with transaction(rt.engine) as session:
-                result = _submit_in(
-                    session, rt, agent, draft, category, amount, currency, risk, key, fingerprint, base_url
-                )
-            rt.wake_outbox()
-            return result
-        except IntegrityError:
-            # A concurrent request with the same key committed first (PostgreSQL waits on the
-            # unique index, then fails here): the next attempt finds its stored answer.
-            if key is None or attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _submit_in(
-    session: Session,
-    rt: Runtime,
-    agent: Agent,
-    draft: DraftIn,
-    category: Category,
-    amount: Decimal | None,
-    currency: str | None,
-    risk: dict[str, Any],
-    key: str | None,
-    fingerprint: str,
-    base_url: str,
-) -> tuple[int, dict[str, Any]]:
-    now = rt.clock()
-    if key is not None:
-        stored = session.get(IdempotencyRecord, (agent.id, key))
-        if stored is not None and stored.created_at > now - IDEMPOTENCY_RETENTION:
-            if stored.request_hash != fingerprint:
-                raise IdempotencyMismatch(
-                    "Idempotency-Key reused with a different request", field="idempotency_key"
-                )
-            return stored.response_status, json.loads(stored.response_body)
-        if stored is not None:
-            session.delete(stored)
-            session.flush()
-
-    exponent = currency_exponent(category.currency)
-    amount_minor = 0 if amount is None else policy.to_minor(amount, exponent)
-    fresh = session.get(Agent, agent.id)
-    if fresh is None:
-        raise NotFound("agent removed")
-    controls = queries.get_controls(session, ["pause:all", f"mode:{category.name}"])
-    view = policy.ControlView(
-        agent_paused=fresh.state == "paused",
-        all_paused="pause:all" in controls,
-        agent_offline=fresh.offline,
-        category_manual=policy.is_manual(controls.get(f"mode:{category.name}"), now),
-        caps=caps.usage(session, rt.config, category, now).check,
-    )
-    manual_reason = policy.route_new_draft(view, amount_minor)
-    row = Draft(
-        id=rt.new_id(),
-        agent_id=agent.id,  # type: ignore[arg-type]
-        category=category.name,
-        status="manual" if manual_reason else "pending",
-        reason=manual_reason,
-        summary=draft.summary,
-        body=draft.body,
-        context=draft.context,
-        amount_minor=None if amount is None else amount_minor,
-        currency=currency if amount is not None else None,
-        payload=json.dumps(draft.payload or {}),
-        callback_url=draft.callback_url,
-        requested_by=draft.requested_by,
-        risk=json.dumps(risk),
-        approvals_needed=policy.approvals_needed(
-            amount=amount, two_person_above=category.two_person_above, high_risk=risk["level"] == "high"
-        ),
-        expires_at=now + category.expire_after,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(row)
-    session.flush()
-    audit.append(
-        session,
-        at=now,
-        actor=f"agent:{agent.name}",
-        action="draft.submitted",
-        subject=row.id,
-        after={
-            "status": row.status,
-            "reason": row.reason,
-            "category": row.category,
-            "amount_minor": row.amount_minor,
-        },
-    )
-    # Slack being down delays the post, never loses it: this job retries for days, not minutes.
-    queries.enqueue(session, "slack.render", {"draft_id": row.id, "post": True}, now=now, max_attempts=1000)
-    if category.ai_review and row.status == "pending":
-        queries.enqueue(session, "risk.ai_review", {"draft_id": row.id}, now=now, max_attempts=1)
-    body: dict[str, Any] = {"id": row.id, "status": row.status, "url": f"{base_url}/v1/drafts/{row.id}"}
-    if manual_reason:
-        body["reason"] = manual_reason
-    if key is not None:
-        session.add(
-            IdempotencyRecord(
-                agent_id=agent.id,  # type: ignore[arg-type]
-                key=key,
-                request_hash=fingerprint,
-                response_status=202,
-                response_body=json.dumps(body),
-                created_at=now,
-            )
-        )
-    return 202, body
 
 
 def own_draft(session: Session, agent: Agent, draft_id: str) -> Draft:
@@ -254,12 +71,12 @@ def agent_view(session: Session, draft: Draft) -> dict[str, Any]:
 
 
 def get(rt: Runtime, *, agent: Agent, draft_id: str) -> dict[str, Any]:
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, write=False) as session:
         return agent_view(session, own_draft(session, agent, draft_id))
 
 
 def status_of(rt: Runtime, *, agent: Agent, draft_id: str) -> str:
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, write=False) as session:
         row = session.execute(
             sa.select(col(Draft.status)).where(col(Draft.id) == draft_id, col(Draft.agent_id) == agent.id)
         ).first()

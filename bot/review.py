@@ -79,7 +79,7 @@ class Reviewing:
     directory: Directory
 
     def _category(self, draft_id: str) -> tuple[Draft, Category]:
-        with transaction(self.rt.engine) as session:
+        with transaction(self.rt.engine, write=False) as session:
             draft = session.get(Draft, draft_id)
         if draft is None:
             raise DecisionRefused("This draft no longer exists.")

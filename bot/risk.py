@@ -5,6 +5,7 @@ No I/O and no state; the Claude second opinion lives in bot/reviewer.py.
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -107,7 +108,7 @@ _GLUE = re.compile(r"(?<=[^\W\d_])[-_*·•|~^]+(?=[^\W\d_])")
 _SPACED = re.compile(r"(?<![^\W_])(?:[^\W\d_](?![^\W_])[\W_]{1,3}){2,}[^\W\d_](?![^\W_])")
 _NON_WORD = re.compile(r"[\W_]+")
 _SENTENCE_END = re.compile(r"[!?;\n\u3002\u00a1\u00bf]+|\.(?!\d)|(?<!\d)\.")
-_CLAUSE_MARK = re.compile(r"[,:()\[\]{}\"\u201c\u201d\u00ab\u00bb\u2013\u2014]|\s-\s")
+_CLAUSE_MARK = re.compile(r"(?:[,:()\[\]{}\"\u201c\u201d\u00ab\u00bb\u2013\u2014]|\s-\s)+")
 _CONJUNCTION = re.compile(r"\b(?:but|however|although|though|whereas|and|aber|mais|pero|maar)\b")
 
 
@@ -474,6 +475,7 @@ _SYMBOL_CURRENCY = {
 _WORD_CURRENCY = {"dollar": "$", "dollars": "$", "bucks": "$", "euro": "EUR", "euros": "EUR"}
 _WORD_CURRENCY |= {"pound": "GBP", "pounds": "GBP"}
 _DOLLARS = frozenset({"USD", "CAD", "AUD", "NZD", "MXN", "SGD", "HKD"})
+_MAX_AMOUNTS = 200
 _CLAUSE_BREAK = re.compile(r"[;:!?\n()]|[.,](?!\d)")
 
 
@@ -502,7 +504,8 @@ def _parse_number(raw: str) -> Decimal | None:
 
 def _amounts(text: _Text) -> Iterator[_Amount]:
     visible = text.visible
-    for m in _AMOUNT.finditer(visible):
+    # A real draft names a handful of amounts; the cap keeps a pathological one cheap.
+    for m in itertools.islice(_AMOUNT.finditer(visible), _MAX_AMOUNTS):
         groups = m.groupdict()
         number = groups["n1"] or groups["n2"] or groups["n3"] or groups["n4"] or groups["n5"] or ""
         value = _parse_number(number)
@@ -850,8 +853,7 @@ def _check_links(rules: RiskRules, draft: _Text) -> list[Finding]:
 # --- mentions, secrets, phrases -----------------------------------------------------------------
 
 _MASS_MENTION = re.compile(
-    r"(?<![\w.])@\s?(?:channel|here|everyone)\b|<!(?:channel|here|everyone)\b[^>]*>|<!subteam\^[^>]*>"
-    r"|<!usergroup\b[^>]*>"
+    r"(?<![\w.])@\s?(?:channel|here|everyone)\b|<!(?:channel|here|everyone)\b|<!subteam\^|<!usergroup\b"
 )
 _USER_MENTION = re.compile(r"<@[uw][a-z0-9]+(?:\|[^>]*)?>")
 

@@ -139,7 +139,7 @@ def check_backlog(rt: Runtime) -> bool:
     if limit is None and max_age is None:
         return False
     now = rt.clock()
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, write=False) as session:
         count, oldest = session.execute(
             sa.select(sa.func.count(), sa.func.min(col(Draft.created_at))).where(
                 col(Draft.status) == "pending"

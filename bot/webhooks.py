@@ -219,7 +219,7 @@ class WebhookJobs:
         draft_id = json.loads(job.payload)["draft_id"]
 
         def decide() -> None:
-            with transaction(self.rt.engine) as session:
+            with transaction(self.rt.engine, write=False) as session:
                 draft = session.get(Draft, draft_id)
                 unknown = bool(draft and draft.execution_ambiguous)
             self._finish(
@@ -233,7 +233,7 @@ class WebhookJobs:
         payload = json.loads(job.payload)
 
         def load() -> tuple[str, str, bytes] | None:
-            with transaction(self.rt.engine) as session:
+            with transaction(self.rt.engine, write=False) as session:
                 draft = session.get(Draft, payload["draft_id"])
                 if draft is None or not draft.callback_url:
                     return None

@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 
-from bot import agents, drafts
+from bot import agents, drafts, intake
 from bot.errors import BadRequest, CountersignError, PayloadTooLarge, RateLimited, Unauthorized, Unavailable
 from bot.ratelimit import RateLimiter
 from bot.runtime import Runtime
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
+TOKENS: web.AppKey[agents.TokenCache] = web.AppKey("tokens", agents.TokenCache)
+INTAKE: web.AppKey[intake.IntakeWriter] = web.AppKey("intake", intake.IntakeWriter)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -69,8 +71,12 @@ async def _agent(request: web.Request) -> Agent:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send the agent token as 'Authorization: Bearer <token>'")
-    rt = request.app[RUNTIME]
-    agent = await asyncio.to_thread(agents.authenticate, rt, token.strip())
+    rt, cache = request.app[RUNTIME], request.app[TOKENS]
+    token = token.strip()
+    agent = cache.get(token)
+    if agent is None:
+        agent = await asyncio.to_thread(agents.authenticate, rt, token)
+        cache.put(token, agent)
     wait = request.app[LIMITER].take(agent.id)  # type: ignore[arg-type]
     if wait:
         raise RateLimited(
@@ -120,10 +126,10 @@ async def post_draft(request: web.Request) -> web.Response:
         raise BadRequest("the body must be a JSON object")
     draft = DraftIn.model_validate(data)
     key = _idempotency_key(request, draft)
-    rt = request.app[RUNTIME]
-    status, body = await asyncio.to_thread(
-        drafts.submit, rt, agent=agent, draft=draft, key=key, base_url=_base_url(request)
+    prepared = intake.prepare(
+        request.app[RUNTIME], agent=agent, draft=draft, key=key, base_url=_base_url(request)
     )
+    status, body = await request.app[INTAKE].submit(prepared)
     return web.json_response(body, status=status)
 
 

@@ -7,6 +7,7 @@ failing halfway with 'database is locked'.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -59,13 +60,33 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Reads take no lock (WAL gives them a snapshot); writes take the write lock at BEGIN.
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+
+
+READ_ONLY = "countersign_read_only"
+# Threads of one process queue here rather than in SQLite's busy handler, which polls and
+# sleeps: a FIFO lock hands the write lock over without the busy handler's latency spikes.
+_sqlite_writers: dict[int, threading.RLock] = {}
 
 
 @contextmanager
-def transaction(engine: Engine) -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on any exception."""
-    with Session(engine, expire_on_commit=False) as session, session.begin():
+def transaction(engine: Engine, *, write: bool = True) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any exception.
+
+    `write=False` is for reads: on SQLite they do not queue behind writers.
+    """
+    if not write:
+        with Session(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+        return
+    lock = _sqlite_writers.setdefault(id(engine), threading.RLock()) if is_sqlite(engine) else None
+    if lock is None:
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            yield session
+        return
+    with lock, Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
 
 

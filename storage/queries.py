@@ -167,19 +167,37 @@ def enqueue(
     delay: timedelta = timedelta(0),
 ) -> None:
     """Add a durable outbound job in the caller's transaction."""
-    session.execute(
-        sa.insert(job_t).values(
-            kind=kind,
-            payload=json.dumps(payload),
-            agent_id=agent_id,
-            category=category,
-            status="queued",
-            attempts=0,
-            max_attempts=max_attempts,
-            run_after=now + delay,
-            created_at=now,
-        )
-    )
+    enqueue_many(session, [job(kind, payload, now=now, agent_id=agent_id, category=category, max_attempts=max_attempts, delay=delay)])
+
+
+def job(
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    now: datetime,
+    agent_id: int | None = None,
+    category: str | None = None,
+    max_attempts: int = 8,
+    delay: timedelta = timedelta(0),
+) -> dict[str, Any]:
+    """The row of a new outbox job, for enqueue_many."""
+    return {
+        "kind": kind,
+        "payload": json.dumps(payload),
+        "agent_id": agent_id,
+        "category": category,
+        "status": "queued",
+        "attempts": 0,
+        "max_attempts": max_attempts,
+        "run_after": now + delay,
+        "created_at": now,
+    }
+
+
+def enqueue_many(session: Session, jobs: list[dict[str, Any]]) -> None:
+    """Insert many outbox jobs with one statement."""
+    if jobs:
+        session.execute(sa.insert(job_t), jobs)
 
 
 # Jobs that act for an agent are held while it (or everyone) is paused or its category is manual;

@@ -7,7 +7,7 @@ import zlib
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from bot import agents, decisions, digest, drafts, policy
+from bot import agents, decisions, digest, intake, policy
 from bot.runtime import Runtime
 from bot.schemas import DraftIn
 from tests.conftest import FrozenClock, make_env, write_config
@@ -25,7 +25,7 @@ def submit(rt: Runtime, agent: agents.Agent, **fields: str) -> str:
         "body": "Refund of $30.00 issued.",
         "amount": "30.00",
     } | fields
-    _, created = drafts.submit(rt, agent=agent, draft=DraftIn.model_validate(body), key=None, base_url="")
+    _, created = intake.submit(rt, agent=agent, draft=DraftIn.model_validate(body), key=None, base_url="")
     return str(created["id"])
 
 
