@@ -77,9 +77,9 @@ def transaction(engine: Engine, *, write: bool = True) -> Iterator[Session]:
     `write=False` is for reads: on SQLite they do not queue behind writers.
     """
     if not write:
-        with Session(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False) as session:
-            with session.begin():
-                yield session
+        reader = engine.execution_options(**{READ_ONLY: True})
+        with Session(reader, expire_on_commit=False) as session, session.begin():
+            yield session
         return
     lock = _sqlite_writers.setdefault(id(engine), threading.RLock()) if is_sqlite(engine) else None
     if lock is None:

@@ -167,7 +167,20 @@ def enqueue(
     delay: timedelta = timedelta(0),
 ) -> None:
     """Add a durable outbound job in the caller's transaction."""
-    enqueue_many(session, [job(kind, payload, now=now, agent_id=agent_id, category=category, max_attempts=max_attempts, delay=delay)])
+    enqueue_many(
+        session,
+        [
+            job(
+                kind,
+                payload,
+                now=now,
+                agent_id=agent_id,
+                category=category,
+                max_attempts=max_attempts,
+                delay=delay,
+            )
+        ],
+    )
 
 
 def job(
