@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 from slack_sdk.signature import SignatureVerifier
 
-from bot import decisions, digest, slack, watchdogs
+from bot import decisions, digest, logs, slack, watchdogs
 from bot import slack_app as slack_app_module
 from bot.agents import TokenCache
 from bot.control import Control
 from bot.intake import IntakeWriter
+from bot.metrics import Metrics
 from bot.outbox import Worker
 from bot.ratelimit import RateLimiter
 from bot.runtime import Clock, Runtime, utcnow
@@ -33,6 +35,12 @@ log = logging.getLogger(__name__)
 
 WORKERS: web.AppKey[list[asyncio.Task[None]]] = web.AppKey("workers", list)
 WORKER: web.AppKey[Worker] = web.AppKey("worker", Worker)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = await asyncio.to_thread(request.app[METRICS].render)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @dataclass
@@ -103,7 +111,7 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
     rt = build_runtime(settings, options)
     config = settings.config
     app = web.Application(
-        middlewares=[agent_api.errors_middleware], client_max_size=max(config.max_body_bytes, 1024 * 1024)
+        middlewares=[logs.request_ids, agent_api.errors_middleware], client_max_size=max(config.max_body_bytes, 1024 * 1024)
     )
     app[agent_api.RUNTIME] = rt
     app[agent_api.TOKENS] = TokenCache()
@@ -116,7 +124,11 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
     agent_api.register(app)
 
     client = slack.make_client(settings)
-    slack_app = slack_app_module.build(settings, rt, client)
+    metrics = Metrics()
+    metrics.watch(rt)
+    app[METRICS] = metrics
+    app.router.add_get("/metrics", metrics_endpoint)
+    slack_app = slack_app_module.build(settings, rt, client, metrics)
     app[slack_app_module.SLACK_APP] = slack_app
     app[slack_app_module.VERIFIER] = SignatureVerifier(settings.slack_signing_secret or "")
     app.router.add_post("/slack/events", slack_app_module.slack_events)
@@ -129,6 +141,7 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
         give_up={"slack.render": slack_jobs.render_gave_up} | webhook_jobs.give_up(),
         poll_interval=options.outbox_poll,
         backoff_base=options.backoff_base,
+        metrics=metrics,
     )
     rt.wake_outbox = worker.wake
     app[WORKER] = worker

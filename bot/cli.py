@@ -5,7 +5,6 @@ Exit codes: 0 ok, 1 operational failure, 2 usage or config error (missing creden
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from datetime import UTC, datetime
@@ -63,9 +62,10 @@ def serve(
     missing = missing_slack_credentials(settings, socket_mode=socket_mode)
     if missing:
         fail("\n".join(missing), 2)
+    from bot import logs
     from bot.server import run
 
-    logging.basicConfig(level=os.environ.get("COUNTERSIGN_LOG_LEVEL", "INFO"))
+    logs.configure(os.environ.get("COUNTERSIGN_LOG_LEVEL", "INFO"))
     run(settings, host=host, port=port, socket_mode=socket_mode)
 
 

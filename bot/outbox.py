@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from bot.metrics import Metrics
 from bot.runtime import Runtime
 from storage import queries
 from storage.db import transaction
@@ -58,6 +59,7 @@ class Worker:
     batch: int = 16
     poll_interval: float = 0.5
     backoff_base: float = BACKOFF_BASE
+    metrics: Metrics | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _loop: asyncio.AbstractEventLoop | None = None
     _stopping: bool = False
@@ -100,6 +102,10 @@ class Worker:
             await asyncio.gather(*(self._deliver(job) for job in jobs))
         return len(jobs)
 
+    def _count(self, job: OutboxJob, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.deliveries.labels(job.kind.split(".")[0], outcome).inc()
+
     async def _deliver(self, job: OutboxJob) -> None:
         handler = self.handlers.get(job.kind)
         try:
@@ -107,13 +113,17 @@ class Worker:
                 raise Permanent(f"no handler for job kind {job.kind!r}")
             await asyncio.wait_for(handler(job), timeout=self.lease.total_seconds() * 0.8)
         except Permanent as exc:
+            self._count(job, "permanent_failure")
             await self._failed(job, f"permanent: {exc}", retry=False)
         except RetryLater as exc:
+            self._count(job, "retry")
             await self._failed(job, str(exc), retry=True, retry_after=exc.retry_after)
         except Exception as exc:
+            self._count(job, "error")
             log.warning("outbox job %s (%s) attempt %s failed: %r", job.id, job.kind, job.attempts, exc)
             await self._failed(job, f"{type(exc).__name__}: {exc}", retry=True)
         else:
+            self._count(job, "delivered")
             await asyncio.to_thread(self._finish, job)
 
     def _finish(self, job: OutboxJob) -> None:

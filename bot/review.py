@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot import decisions, manual, policy
 from bot.decisions import Outcome
 from bot.errors import DecisionRefused
+from bot.metrics import Metrics
 from bot.runtime import Runtime
 from bot.settings import Category, currency_exponent
 from bot.slack import Directory
@@ -77,6 +78,14 @@ def fail_closed(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 class Reviewing:
     rt: Runtime
     directory: Directory
+    metrics: Metrics | None = None
+
+    def _counted(self, outcome: Outcome, action: str, draft: Draft) -> Outcome:
+        if self.metrics is not None and outcome.final:
+            self.metrics.decisions.labels(action, draft.category).inc()
+            waited = (self.rt.clock() - draft.created_at).total_seconds()
+            self.metrics.time_to_decision.labels(draft.category).observe(waited)
+        return outcome
 
     def _category(self, draft_id: str) -> tuple[Draft, Category]:
         with transaction(self.rt.engine, write=False) as session:
@@ -120,9 +129,9 @@ class Reviewing:
     @fail_closed
     async def approve(self, *, user: str, value: str) -> Outcome:
         draft_id, version = parse_value(value)
-        _, category = await asyncio.to_thread(self._category, draft_id)
+        draft, category = await asyncio.to_thread(self._category, draft_id)
         reviewers, reviewer = await self.who(user, category)
-        return await asyncio.to_thread(
+        outcome = await asyncio.to_thread(
             decisions.approve,
             self.rt,
             draft_id=draft_id,
@@ -131,13 +140,14 @@ class Reviewing:
             reviewers=reviewers,
             reviewer=reviewer,
         )
+        return self._counted(outcome, "approve", draft)
 
     @fail_closed
     async def approve_edited(self, *, user: str, form: EditForm) -> Outcome:
-        _, category = await asyncio.to_thread(self._category, form.draft_id)
+        draft, category = await asyncio.to_thread(self._category, form.draft_id)
         amount = None if form.amount_text is None else parse_amount(form.amount_text, category.currency)
         reviewers, reviewer = await self.who(user, category)
-        return await asyncio.to_thread(
+        outcome = await asyncio.to_thread(
             decisions.approve,
             self.rt,
             draft_id=form.draft_id,
@@ -148,12 +158,13 @@ class Reviewing:
             edited_body=form.body,
             edited_amount=amount,
         )
+        return self._counted(outcome, "edit", draft)
 
     @fail_closed
     async def reject(self, *, user: str, draft_id: str, version: int, reason: str) -> Outcome:
-        _, category = await asyncio.to_thread(self._category, draft_id)
+        draft, category = await asyncio.to_thread(self._category, draft_id)
         reviewers, reviewer = await self.who(user, category)
-        return await asyncio.to_thread(
+        outcome = await asyncio.to_thread(
             decisions.reject,
             self.rt,
             draft_id=draft_id,
@@ -163,6 +174,7 @@ class Reviewing:
             reviewer=reviewer,
             reason=reason,
         )
+        return self._counted(outcome, "reject", draft)
 
     @fail_closed
     async def retry(self, *, user: str, value: str) -> Outcome:

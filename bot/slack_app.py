@@ -13,6 +13,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 import handlers
 from bot import audit
 from bot.control import Control
+from bot.metrics import Metrics
 from bot.review import Reviewing
 from bot.runtime import Runtime
 from bot.settings import Settings
@@ -25,7 +26,9 @@ SLACK_APP: web.AppKey[AsyncApp] = web.AppKey("slack_app", AsyncApp)
 VERIFIER: web.AppKey[SignatureVerifier] = web.AppKey("slack_verifier", SignatureVerifier)
 
 
-def build(settings: Settings, rt: Runtime, client: AsyncWebClient) -> AsyncApp:
+def build(
+    settings: Settings, rt: Runtime, client: AsyncWebClient, metrics: Metrics | None = None
+) -> AsyncApp:
     """The Bolt app with every listener registered; requests must be signed with the signing secret."""
     app = AsyncApp(
         client=client,
@@ -38,7 +41,7 @@ def build(settings: Settings, rt: Runtime, client: AsyncWebClient) -> AsyncApp:
         app,
         Services(
             rt=rt,
-            reviewing=Reviewing(rt=rt, directory=directory),
+            reviewing=Reviewing(rt=rt, directory=directory, metrics=metrics),
             control=Control(rt=rt, directory=directory),
         ),
     )
