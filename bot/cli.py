@@ -63,10 +63,13 @@ def serve(
     if missing:
         fail("\n".join(missing), 2)
     from bot import logs
-    from bot.server import run
+    from bot.server import SharedSQLite, run
 
     logs.configure(os.environ.get("COUNTERSIGN_LOG_LEVEL", "INFO"))
-    run(settings, host=host, port=port, socket_mode=socket_mode)
+    try:
+        run(settings, host=host, port=port, socket_mode=socket_mode)
+    except SharedSQLite as exc:
+        fail(str(exc), 2)
 
 
 @app.command("check-config")

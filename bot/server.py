@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import signal
+from pathlib import Path
+from typing import IO
 
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
@@ -19,7 +23,38 @@ log = logging.getLogger(__name__)
 
 def run(settings: Settings, *, host: str, port: int, socket_mode: bool) -> None:
     """Serve until SIGINT/SIGTERM."""
-    asyncio.run(serve(settings, host=host, port=port, socket_mode=socket_mode))
+    lock = hold_sqlite_lock(settings.database_url)
+    try:
+        asyncio.run(serve(settings, host=host, port=port, socket_mode=socket_mode))
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+class SharedSQLite(Exception):
+    """Another live server already uses this SQLite file."""
+
+
+def hold_sqlite_lock(database_url: str) -> IO[bytes] | None:
+    """SQLite serves one process on one host: take an exclusive lock beside the database file.
+
+    The lock lives as long as the returned file stays open (the process); the OS drops it on
+    any exit, kill -9 included. COUNTERSIGN_ALLOW_SHARED_SQLITE=1 lifts the guard for tests
+    that race several processes on one file on purpose.
+    """
+    if not database_url.startswith("sqlite") or os.environ.get("COUNTERSIGN_ALLOW_SHARED_SQLITE") == "1":
+        return None
+    path = Path(database_url.split(":///", 1)[-1])
+    handle = open(f"{path}.serve-lock", "ab")  # noqa: SIM115  (held open on purpose)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SharedSQLite(
+            f"another countersign server is using {path}: SQLite is for one process on one host."
+            " Run several replicas on PostgreSQL (COUNTERSIGN_DATABASE_URL=postgresql://…)."
+        ) from None
+    return handle
 
 
 async def serve(settings: Settings, *, host: str, port: int, socket_mode: bool) -> None:

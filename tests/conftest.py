@@ -105,6 +105,8 @@ def make_env(
         "COUNTERSIGN_CONFIG": str(config_path),
         "COUNTERSIGN_SLACK_API_URL": slack_api_url,
         "REFUND_EXECUTOR_SECRET": EXECUTOR_SECRET,
+        # Several server processes share one SQLite file on purpose in the race tests.
+        "COUNTERSIGN_ALLOW_SHARED_SQLITE": "1",
     }
 
 
