@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from bot import audit, caps, policy, watchdogs
+from bot import audit, caps, crashpoints, policy, watchdogs
 from bot.drafts import record_change
 from bot.errors import DecisionRefused
 from bot.runtime import Runtime
@@ -102,6 +102,7 @@ def approve(
             outcome = _approve_in(
                 session, rt, draft_id, version, user, reviewers, reviewer, edited_body, edited_amount
             )
+        crashpoints.reached("after_approve_commit")
         rt.wake_outbox()
         return outcome
     except _Lost:

@@ -22,7 +22,7 @@ from pydantic_core import PydanticUndefined
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from bot import audit, caps, policy
+from bot import audit, caps, crashpoints, policy
 from bot.errors import CountersignError, Forbidden, IdempotencyMismatch, Invalid
 from bot.risk import RiskRules, check_rules, risk_level
 from bot.runtime import Runtime
@@ -134,6 +134,7 @@ def write_batch(rt: Runtime, items: list[Prepared]) -> list[Result | Countersign
         try:
             with transaction(rt.engine) as session:
                 results = _store(session, rt, items)
+            crashpoints.reached("after_draft_commit")
             rt.wake_outbox()
             return results
         except IntegrityError:

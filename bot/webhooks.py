@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 from sqlmodel import select
 
-from bot import caps, policy
+from bot import caps, crashpoints, policy
 from bot.drafts import agent_view, record_change
 from bot.outbox import RetryLater
 from bot.runtime import Runtime
@@ -108,6 +108,7 @@ class WebhookJobs:
             ) as response:
                 status, text = response.status, (await response.text())[:500]
                 wait = retry_after(response.headers.get("Retry-After"), self.rt.clock())
+            crashpoints.reached("after_executor_sent")
         except aiohttp.ClientConnectorError as exc:
             # Never connected: the executor cannot have acted.
             await asyncio.to_thread(self._note, draft_id, f"connect failed: {exc}", ambiguous=False)
@@ -213,6 +214,7 @@ class WebhookJobs:
                     },
                     now=now,
                 )
+            crashpoints.reached("inside_record")
         self.rt.wake_outbox()
 
     async def execute_gave_up(self, job: OutboxJob, error: str) -> None:

@@ -59,7 +59,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if not request.path.startswith("/v1/") or exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        return web.json_response({"error": {"code": code, "message": exc.reason}}, status=exc.status)
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        body = {"error": {"code": code, "message": exc.reason}}
+        return web.json_response(body, status=exc.status, headers=headers)
     except (OperationalError, ProgrammingError, InterfaceError):
         # Fail closed: without the control state (pause, modes, caps) nothing is accepted or decided.
         log.exception("database unavailable")
@@ -192,7 +194,9 @@ async def post_heartbeat(request: web.Request) -> web.Response:
 
 
 async def get_openapi(request: web.Request) -> web.Response:
-    return web.json_response(spec())
+    config = request.app[RUNTIME].config
+    currencies = sorted({category.currency for category in config.categories.values()})
+    return web.json_response(spec(tuple(sorted(config.categories)), tuple(currencies)))
 
 
 def register(app: web.Application) -> None:

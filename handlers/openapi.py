@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from functools import cache
 from typing import Any
 
 _STR = {"type": "string"}
 _NSTR = {"type": ["string", "null"]}
-_AMOUNT = {"type": "string", "pattern": r"^(0|[1-9][0-9]{0,14})(\.[0-9]{1,4})?$", "examples": ["30.00"]}
+# Positive, at most two decimals (every configured currency's minor unit; the API rechecks per currency).
+_AMOUNT = {
+    "type": "string",
+    "pattern": r"^(0\.(0[1-9]|[1-9][0-9]?)|[1-9][0-9]{0,14}(\.[0-9]{1,2})?)$",
+    "examples": ["30.00"],
+}
+# What responses carry: any non-negative decimal (usage can be 0.00; currencies differ in decimals).
+_MONEY = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"}
 _FINDING = {
     "type": "object",
     "required": ["code", "severity", "message"],
@@ -32,7 +40,7 @@ _DRAFT_IN = {
     "required": ["category", "summary", "body"],
     "properties": {
         "category": {"type": "string", "minLength": 1, "maxLength": 40},
-        "summary": {"type": "string", "minLength": 1, "maxLength": 300},
+        "summary": {"type": "string", "minLength": 1, "maxLength": 300, "pattern": "\\S"},
         "body": {"type": "string", "maxLength": 40000},
         "context": {"type": ["string", "null"], "maxLength": 40000},
         "amount": {"anyOf": [_AMOUNT, {"type": "null"}]},
@@ -98,7 +106,7 @@ _DRAFT = {
         "context": _NSTR,
         "approved_body": _NSTR,
         "edited": {"type": "boolean"},
-        "amount": {"anyOf": [_AMOUNT, {"type": "null"}]},
+        "amount": {"anyOf": [_MONEY, {"type": "null"}]},
         "currency": _NSTR,
         "risk": {
             "type": "object",
@@ -151,8 +159,8 @@ _ME = {
                     "mode": {"enum": ["review", "manual"]},
                     "count_cap": {"type": ["integer", "null"]},
                     "count_used": {"type": "integer"},
-                    "amount_cap": {"anyOf": [_AMOUNT, {"type": "null"}]},
-                    "amount_used": _AMOUNT,
+                    "amount_cap": {"anyOf": [_MONEY, {"type": "null"}]},
+                    "amount_used": _MONEY,
                     "currency": _STR,
                 },
             },
@@ -189,8 +197,13 @@ _COMMON = (400, 401, 429, 503)
 
 
 @cache
-def spec() -> dict[str, Any]:
-    """The document served at /v1/openapi.json."""
+def spec(categories: tuple[str, ...] = (), currencies: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The document served at /v1/openapi.json, with this deployment's categories and currencies."""
+    draft_in = json.loads(json.dumps(_DRAFT_IN))
+    if categories:
+        draft_in["properties"]["category"] = {"enum": list(categories)}
+    if currencies:
+        draft_in["properties"]["currency"] = {"enum": [*currencies, None]}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Countersign agent API", "version": "1"},
@@ -198,7 +211,7 @@ def spec() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "Error": _ERROR,
-                "DraftIn": _DRAFT_IN,
+                "DraftIn": draft_in,
                 "Submitted": _SUBMITTED,
                 "Draft": _DRAFT,
                 "Me": _ME,
