@@ -111,7 +111,8 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
     rt = build_runtime(settings, options)
     config = settings.config
     app = web.Application(
-        middlewares=[logs.request_ids, agent_api.errors_middleware], client_max_size=max(config.max_body_bytes, 1024 * 1024)
+        middlewares=[logs.request_ids, agent_api.errors_middleware],
+        client_max_size=max(config.max_body_bytes, 1024 * 1024),
     )
     app[agent_api.RUNTIME] = rt
     app[agent_api.TOKENS] = TokenCache()

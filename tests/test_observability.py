@@ -50,8 +50,13 @@ async def test_slack_delivery_failures_show_in_metrics(db_url: str, tmp_path: Pa
         await h.posted(created["id"])
 
         values = samples(await (await h.client.get("/metrics")).text())
-        assert values[("countersign_delivery_attempts_total", (("outcome", "retry"), ("target", "slack")))] >= 1
-        assert values[("countersign_delivery_attempts_total", (("outcome", "delivered"), ("target", "slack")))] >= 1
+        assert (
+            values[("countersign_delivery_attempts_total", (("outcome", "retry"), ("target", "slack")))] >= 1
+        )
+        assert (
+            values[("countersign_delivery_attempts_total", (("outcome", "delivered"), ("target", "slack")))]
+            >= 1
+        )
 
 
 async def test_secrets_never_appear_in_logs_or_error_responses(db_url: str, tmp_path: Path) -> None:
