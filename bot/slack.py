@@ -23,6 +23,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.models.blocks import MarkdownTextObject, SectionBlock
 from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy.exc import IntegrityError
 
 from bot import cards, digest, policy
 from bot.outbox import Permanent, RetryLater
@@ -31,7 +32,7 @@ from bot.settings import Category, Settings
 from handlers import blocks
 from storage import queries
 from storage.db import transaction
-from storage.tables import OutboxJob
+from storage.tables import OutboxJob, ScheduleClaim
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ async def post_digest(client: AsyncWebClient, channel: str, built: digest.Digest
         filename=f"countersign-trend-{built.day.isoformat()}.png",
         title="Approved / edited / rejected, last 7 days",
     )
+
+
+METADATA_EVENT = "countersign_draft"
 
 
 def make_client(settings: Settings, *, timeout: int = 10) -> AsyncWebClient:
@@ -202,15 +206,25 @@ class SlackJobs:
                 if place.ts is None:
                     if not json.loads(job.payload).get("post"):
                         raise RetryLater("draft message not posted yet", retry_after=2)
-                    await self.pacer.wait(place.channel)
-                    response = await self.client.chat_postMessage(
-                        channel=place.channel,
-                        text=text,
-                        blocks=content,
-                        unfurl_links=False,
-                        unfurl_media=False,
+                    # An earlier attempt may have posted and then lost the answer (a timeout):
+                    # find that message by its metadata instead of posting a second one.
+                    ts = (
+                        await self._already_posted(job, place.channel, draft_id) if job.attempts > 1 else None
                     )
-                    await asyncio.to_thread(self._store_ts, card, response["channel"], response["ts"])
+                    if ts is None:
+                        await self.pacer.wait(place.channel)
+                        response = await self.client.chat_postMessage(
+                            channel=place.channel,
+                            text=text,
+                            blocks=content,
+                            metadata={"event_type": METADATA_EVENT, "event_payload": {"draft_id": draft_id}},
+                            unfurl_links=False,
+                            unfurl_media=False,
+                        )
+                        ts = response["ts"]
+                    await asyncio.to_thread(self._store_ts, card, place.channel, ts)
+                    if job.attempts > 1:
+                        await asyncio.to_thread(self._recovered, job)
                 else:
                     await self.client.chat_update(
                         channel=place.channel, ts=place.ts, text=text, blocks=content
@@ -219,6 +233,41 @@ class SlackJobs:
                 raise classify(exc) from None
         if len(self._locks) > 10_000:
             self._locks.clear()
+
+    async def _already_posted(self, job: OutboxJob, channel: str, draft_id: str) -> str | None:
+        """The ts of this draft's message if a previous attempt posted it (message metadata)."""
+        oldest = job.created_at.timestamp() - 60
+        response = await self.client.conversations_history(
+            channel=channel, oldest=str(oldest), include_all_metadata=True, limit=200
+        )
+        for message in response.get("messages") or []:
+            metadata = message.get("metadata") or {}
+            if (
+                metadata.get("event_type") == METADATA_EVENT
+                and (metadata.get("event_payload") or {}).get("draft_id") == draft_id
+            ):
+                return str(message["ts"])
+        return None
+
+    def _recovered(self, job: OutboxJob) -> None:
+        """Slack is back after failures: say so in the alerts channel, at most once an hour."""
+        now = self.rt.clock()
+        lag = int((now - job.created_at).total_seconds())
+        try:
+            with transaction(self.rt.engine) as session:
+                session.add(
+                    ScheduleClaim(
+                        name=f"slack-recovered:{now:%Y-%m-%dT%H}", claimed_by="outbox", claimed_at=now
+                    )
+                )
+                session.flush()
+                text = (
+                    f":satellite_antenna: Slack deliveries recovered: a draft was posted after {job.attempts}"
+                    f" attempts, {lag} s late (last error: {job.last_error or 'unknown'}). See /metrics for the backlog."
+                )
+                queries.enqueue(session, "slack.alert", {"text": text}, now=now)
+        except IntegrityError:
+            return
 
     def _store_ts(self, rendered: blocks.DraftCard, channel: str, ts: str) -> None:
         with transaction(self.rt.engine) as session:

@@ -80,7 +80,7 @@ class Harness:
         response = await self.client.get(f"/v1/drafts/{draft_id}", headers=self.auth())
         return await response.json()  # type: ignore[no-any-return]
 
-    async def posted(self, draft_id: str) -> dict[str, Any]:
+    async def posted(self, draft_id: str, *, timeout: float = 10.0) -> dict[str, Any]:
         """The Slack message of a draft, once the outbox has posted it."""
 
         def find() -> dict[str, Any] | None:
@@ -92,7 +92,7 @@ class Harness:
                 return None
             return self.slack.messages.get((row[0], row[1]))
 
-        return await eventually(find)
+        return await eventually(find, timeout)
 
     async def post_signed(self, request: signing.SignedRequest) -> tuple[int, str]:
         response = await self.client.post("/slack/events", data=request.body, headers=request.headers)

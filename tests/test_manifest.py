@@ -24,9 +24,10 @@ SCOPES = {
     "files_upload_v2": "files:write",
     "views_open": None,
     "views_publish": None,
+    "conversations_history": "channels:history",
 }
 # Scopes with no method of their own: posting into channels the bot has not joined, and receiving /agent.
-IMPLICIT = {"chat:write.public", "commands"}
+IMPLICIT = {"chat:write.public", "commands", "groups:history"}
 
 
 def manifest() -> dict[str, Any]:

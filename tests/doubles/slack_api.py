@@ -36,7 +36,16 @@ APP_ID = "A0001"
 DEFAULT_BOT_TOKEN = "xoxb-test"
 DEFAULT_APP_TOKEN = "xapp-test"
 # The minimal bot scopes from the reference (§7) plus files:write for files_upload_v2.
-DEFAULT_SCOPES = ("chat:write", "commands", "users:read", "usergroups:read", "im:write", "files:write")
+DEFAULT_SCOPES = (
+    "chat:write",
+    "commands",
+    "users:read",
+    "usergroups:read",
+    "im:write",
+    "files:write",
+    "channels:history",
+    "groups:history",
+)
 
 _SCOPE_NEEDED = {
     "chat.postMessage": "chat:write",
@@ -45,6 +54,7 @@ _SCOPE_NEEDED = {
     "users.info": "users:read",
     "usergroups.users.list": "usergroups:read",
     "conversations.open": "im:write",
+    "conversations.history": "channels:history",
     "files.getUploadURLExternal": "files:write",
     "files.completeUploadExternal": "files:write",
 }
@@ -162,6 +172,7 @@ class SlackDouble:
             "users.info": self._users_info,
             "usergroups.users.list": self._usergroups_users_list,
             "conversations.open": self._conversations_open,
+            "conversations.history": self._conversations_history,
             "files.getUploadURLExternal": self._files_get_upload_url_external,
             "files.completeUploadExternal": self._files_complete_upload_external,
         }
@@ -478,6 +489,24 @@ class SlackDouble:
         self.messages[(channel, ts)] = record
         self.post_times.setdefault(channel, []).append(time.monotonic())
         return {"ok": True, "channel": channel, "ts": ts, "message": _wire_message(record)}
+
+    async def _conversations_history(self, params: JSON) -> JSON:
+        """Newest first; metadata only with include_all_metadata, as Slack does."""
+        channel = self._resolve_channel(params.get("channel"), allow_user=False)
+        if channel is None:
+            return _error("channel_not_found")
+        oldest = float(params.get("oldest") or 0)
+        limit = int(params.get("limit") or 100)
+        with_metadata = str(params.get("include_all_metadata")).lower() in ("1", "true")
+        found = []
+        for (ch, ts), record in sorted(self.messages.items(), key=lambda item: item[0][1], reverse=True):
+            if ch != channel or float(ts) < oldest or record.get("thread_ts") or record.get("deleted"):
+                continue
+            message = _wire_message(record)
+            if not with_metadata:
+                message.pop("metadata", None)
+            found.append(message)
+        return {"ok": True, "messages": found[:limit], "has_more": len(found) > limit}
 
     async def _chat_update(self, params: JSON) -> JSON:
         # chat.update needs the D… id for a DM; a U… id is not resolved here, unlike postMessage.

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.harness import eventually, harness
+
+
+def posts_to(h: object, channel: str) -> list[object]:
+    return [c for c in h.slack.calls("chat.postMessage") if c.params.get("channel") == channel and c.ok]  # type: ignore[attr-defined]
+
+
+async def test_drafts_wait_out_a_slack_outage_and_are_posted_exactly_once(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with harness(db_url, tmp_path) as h:
+        h.slack.fail("chat.postMessage", status=500, times=4)
+        h.slack.fail("conversations.history", status=500, times=1)
+        created = [await h.submit(summary=f"outage {n}") for n in range(4)]
+        h.slack.fail("chat.postMessage", status=429, times=2, retry_after=1)
+        for draft in created:
+            await h.posted(draft["id"])
+        refund_posts = posts_to(h, "C0REFUNDS")
+        ids = [d["id"] for d in created]
+        posted_ids = [p.params["metadata"]["event_payload"]["draft_id"] for p in refund_posts]  # type: ignore[attr-defined]
+        assert sorted(posted_ids) == sorted(ids)
+        await eventually(
+            lambda: any(
+                "Slack deliveries recovered" in str(c.params.get("text")) for c in posts_to(h, "C0ALERTS")
+            )
+        )
+
+
+async def test_a_post_that_timed_out_after_posting_is_not_posted_again(db_url: str, tmp_path: Path) -> None:
+    async with harness(db_url, tmp_path) as h:
+        # Slack posts the message but the answer arrives after the client gave up.
+        h.slack.fail("chat.postMessage", status="timeout", times=1, delay=12)
+        created = await h.submit()
+        message = await h.posted(created["id"], timeout=30)
+        assert message["channel"] == "C0REFUNDS"
+        stored = [
+            m
+            for m in h.slack.messages.values()
+            if (m.get("metadata") or {}).get("event_payload", {}).get("draft_id") == created["id"]
+        ]
+        assert len(stored) == 1
+
+
+async def test_posting_stays_within_one_message_per_second_per_channel(db_url: str, tmp_path: Path) -> None:
+    async with harness(db_url, tmp_path) as h:
+        created = [await h.submit(summary=f"burst {n}", category="reply", amount=None) for n in range(7)]
+        for draft in created:
+            await h.posted(draft["id"])
+        times = sorted(h.slack.post_times["C0SUPPORT"])
+        # A burst of 3, then at most one a second: any 4 consecutive posts span at least ~1 s.
+        for first, fourth in zip(times, times[3:], strict=False):
+            assert fourth - first >= 0.95
