@@ -10,6 +10,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import sqlalchemy as sa
 from aiohttp import web
@@ -54,6 +55,7 @@ class Options:
     schedule_every: float = 5.0
     backoff_base: float = 1.0
     executor_attempts: int = 6
+    lease_seconds: float = 60.0
     extra_tasks: list[str] = field(default_factory=list)
 
 
@@ -142,6 +144,7 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
         give_up={"slack.render": slack_jobs.render_gave_up} | webhook_jobs.give_up(),
         poll_interval=options.outbox_poll,
         backoff_base=options.backoff_base,
+        lease=timedelta(seconds=options.lease_seconds),
         metrics=metrics,
     )
     rt.wake_outbox = worker.wake

@@ -14,7 +14,7 @@ from typing import IO
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
-from bot.app import create_app
+from bot.app import Options, create_app
 from bot.settings import Settings
 from bot.slack_app import SLACK_APP
 
@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 def run(settings: Settings, *, host: str, port: int, socket_mode: bool) -> None:
     """Serve until SIGINT/SIGTERM."""
     lock = hold_sqlite_lock(settings.database_url)
+    # How long a claimed outbox job stays with this process before another may take it over.
+    options = Options(lease_seconds=float(os.environ.get("COUNTERSIGN_OUTBOX_LEASE_SECONDS", "60")))
     try:
-        asyncio.run(serve(settings, host=host, port=port, socket_mode=socket_mode))
+        asyncio.run(serve(settings, host=host, port=port, socket_mode=socket_mode, options=options))
     finally:
         if lock is not None:
             lock.close()
@@ -57,8 +59,8 @@ def hold_sqlite_lock(database_url: str) -> IO[bytes] | None:
     return handle
 
 
-async def serve(settings: Settings, *, host: str, port: int, socket_mode: bool) -> None:
-    app = create_app(settings)
+async def serve(settings: Settings, *, host: str, port: int, socket_mode: bool, options: Options) -> None:
+    app = create_app(settings, options)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
