@@ -19,9 +19,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
-from sqlmodel import select
+from sqlmodel import Session, select
 
-from bot import caps, crashpoints, policy
+from bot import audit, caps, crashpoints, policy
 from bot.drafts import agent_view, record_change
 from bot.outbox import RetryLater
 from bot.runtime import Runtime
@@ -33,6 +33,7 @@ from storage.tables import Agent, Decision, Draft, OutboxJob
 log = logging.getLogger(__name__)
 
 TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
+BREAKER_THRESHOLD = 5  # consecutive executor failures before its category goes to manual mode
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 
 
@@ -168,6 +169,44 @@ class WebhookJobs:
             if ambiguous:
                 values["execution_ambiguous"] = True
             queries.update_draft(session, draft_id, where={"status": "approved"}, **values)
+            draft = session.get(Draft, draft_id)
+            if draft is not None:
+                self._executor_health(session, draft.category, ok=False, error=error)
+
+    def _executor_health(
+        self, session: Session, category: str, *, ok: bool, error: str | None = None
+    ) -> None:
+        """Count consecutive executor failures per category; at the limit, send the category to humans."""
+        key = f"executor_failures:{category}"
+        now = self.rt.clock()
+        if ok:
+            if queries.get_control(session, key) is not None:
+                queries.set_control(session, key, None, by="system:executor", at=now)
+            return
+        failures = (queries.get_control(session, key) or {}).get("count", 0) + 1
+        queries.set_control(session, key, {"count": failures}, by="system:executor", at=now)
+        if failures != BREAKER_THRESHOLD or queries.get_control(session, f"mode:{category}") is not None:
+            return
+        value = {"mode": "manual", "by": "system:executor-breaker", "until": None}
+        queries.set_control(session, f"mode:{category}", value, by="system:executor-breaker", at=now)
+        audit.append(
+            session,
+            at=now,
+            actor="system:executor-breaker",
+            action="category.manual",
+            subject=f"category:{category}",
+            after={"consecutive_failures": failures, "last_error": error},
+        )
+        queries.enqueue(
+            session,
+            "slack.alert",
+            {
+                "text": f":rotating_light: The *{category}* executor failed {failures} times in a row"
+                f" (last: {(error or '')[:200]}). *{category}* is now in manual mode;"
+                f" an admin returns it with `/agent review {category}`."
+            },
+            now=now,
+        )
 
     def _finish(self, draft_id: str, *, ok: bool, error: str | None, unknown: bool = False) -> None:
         now = self.rt.clock()
@@ -187,6 +226,7 @@ class WebhookJobs:
             )
             if not moved:
                 return
+            self._executor_health(session, draft.category, ok=ok, error=error)
             if to == "failed" and draft.reservation_day:
                 queries.release_cap(
                     session,

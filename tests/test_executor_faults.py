@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+import pytest
+
+from bot.webhooks import retry_after
+from handlers import ids
+from tests.harness import Harness, eventually, harness
+
+
+@pytest.fixture
+async def h(db_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with harness(db_url, tmp_path) as value:
+        yield value
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+async def test_permanent_4xx_is_never_retried(h: Harness, status: int) -> None:
+    h.executor.script(status)
+    created = await h.submit()
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    failed = await h.status(created["id"], "failed")
+    assert str(status) in failed["execution"]["last_error"]
+    assert len(h.executor.requests) == 1
+    me = await (await h.client.get("/v1/agents/me", headers=h.auth())).json()
+    assert me["categories"]["refund"]["amount_used"] == "0.00"  # the failure released the reservation
+
+
+async def test_retry_after_as_an_http_date_is_honoured(h: Harness) -> None:
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=2), usegmt=True)
+    h.executor.script((503, {"Retry-After": later}))
+    created = await h.submit()
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    await h.status(created["id"], "executed")
+    assert len(h.executor.requests) == 2
+
+
+def test_retry_after_parses_seconds_and_dates() -> None:
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    assert retry_after("7", now) == 7.0
+    assert retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now) == 30.0
+    assert retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), now) == 0.0
+    assert retry_after("soon", now) is None and retry_after(None, now) is None
+
+
+async def test_a_burst_of_5xx_is_retried_with_the_same_key(h: Harness) -> None:
+    h.executor.script(500, 502)
+    created = await h.submit()
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    await h.status(created["id"], "executed")
+    assert [r.headers["Idempotency-Key"] for r in h.executor.requests] == [created["id"]] * 3
+
+
+async def test_consecutive_executor_failures_switch_the_category_to_manual(h: Harness) -> None:
+    h.executor.script(*([400] * 5))
+    for n in range(5):
+        created = await h.submit(summary=f"fail {n}")
+        await h.click("U0ALICE", ids.APPROVE, created["id"])
+        await h.status(created["id"], "failed")
+    await eventually(lambda: any("failed 5 times in a row" in a for a in h.alerts()))
+    after = await h.submit(summary="after")
+    assert after["status"] == "manual" and after["reason"] == "category_manual"
+    assert "back in review mode" in await h.command("U0ADMIN", "review refund")
+    assert (await h.submit(summary="resumed"))["status"] == "pending"
+
+
+async def test_a_success_resets_the_failure_count(h: Harness) -> None:
+    h.executor.script(400, 400, 400, 400, 200, 400)
+    for n in range(6):
+        created = await h.submit(summary=f"mixed {n}")
+        await h.click("U0ALICE", ids.APPROVE, created["id"])
+        await eventually(
+            lambda created=created: (
+                h.executor.requests and h.executor.requests[-1].json["draft_id"] == created["id"]
+            )
+        )
+        await h.status(created["id"], "executed" if n == 4 else "failed")
+    assert not any("in a row" in a for a in h.alerts())
+    assert (await h.submit(summary="still review"))["status"] == "pending"
