@@ -137,6 +137,8 @@ def _approve_in(
         raise _Denied(refusal)
     if draft.status != "pending":
         raise _Lost()
+    if draft.expires_at <= now:
+        raise DecisionRefused("This draft expired before it was decided; nothing was done.")
     blocked = _control_refusal(session, draft, now)
     if blocked:
         raise DecisionRefused(blocked)

@@ -253,3 +253,35 @@ async def test_pause_and_manual_mode_survive_a_restart(db_url: str, tmp_path: Pa
         assert me["state"] == "paused" and me["categories"]["reply"]["mode"] == "manual"
         assert (await second.submit())["reason"] == "agent_paused"
         assert audit.verify(second.rt.engine).ok
+
+
+@pytest.mark.parametrize(
+    ("user", "action", "allowed"),
+    [
+        ("U0ALICE", ids.HOME_PAUSE, True),
+        ("U0OUT", ids.HOME_PAUSE, False),
+        ("U0ALICE", ids.HOME_RESUME, False),
+        ("U0ADMIN", ids.HOME_RESUME, True),
+    ],
+)
+async def test_app_home_buttons_follow_the_same_permissions(
+    h: Harness, user: str, action: str, allowed: bool
+) -> None:
+    if action == ids.HOME_RESUME:
+        await h.command("U0ALICE", "pause support-bot")
+    view = {
+        "id": "V0HOME",
+        "type": "home",
+        "callback_id": "",
+        "private_metadata": "",
+        "state": {"values": {}},
+    }
+    status, _ = await h.post_signed(
+        signing.block_action(SIGNING_SECRET, user_id=user, action_id=action, value="support-bot", view=view)
+    )
+    assert status == 200
+    await eventually(lambda: h.slack.calls("views.publish"))
+    me = await (await h.client.get("/v1/agents/me", headers=h.auth())).json()
+    paused_now = me["state"] == "paused"
+    expected_paused = (action == ids.HOME_PAUSE) == allowed
+    assert paused_now == expected_paused
