@@ -348,3 +348,33 @@ async def test_every_transition_is_in_a_valid_audit_chain(h: Harness) -> None:
     assert actions == ["draft.submitted", "draft.approved", "draft.executed"]
     assert draft == "executed"
     assert audit.verify(h.rt.engine).ok
+
+
+async def test_reviewer_group_members_may_decide_and_others_may_not(db_url: str, tmp_path: Path) -> None:
+    from bot import agents
+
+    extra = '\n[categories.billing]\nchannel = "C0BILLING"\nreviewer_group = "S0REVIEW"\nai_review = false\n'
+    async with harness(db_url, tmp_path, extra_config=extra) as h:
+        h.slack.configure(usergroups={"S0REVIEW": ["U0CAROL"]})
+        bot = agents.add(h.rt, name="billing-bot", categories=["billing"], callback_prefixes=[])
+        headers = {"Authorization": f"Bearer {bot.token}"}
+        drafts = []
+        for _ in range(2):
+            response = await h.client.post(
+                "/v1/drafts", json={"category": "billing", "summary": "s", "body": "b"}, headers=headers
+            )
+            drafts.append((await response.json())["id"])
+
+        async def status(draft_id: str) -> str:
+            view = await (await h.client.get(f"/v1/drafts/{draft_id}", headers=headers)).json()
+            return str(view["status"])
+
+        await h.click("U0ALICE", ids.APPROVE, drafts[0])
+        await eventually(lambda: any("not a reviewer" in t for t in h.ephemeral_texts()))
+        assert await status(drafts[0]) == "pending"
+        await h.click("U0CAROL", ids.APPROVE, drafts[1])
+        await eventually(lambda: any(t.startswith("Approved") for t in h.ephemeral_texts()))
+        assert await status(drafts[1]) == "approved"
+        await h.click("U0CAROL", ids.APPROVE, drafts[0])
+        await eventually(lambda: sum(t.startswith("Approved") for t in h.ephemeral_texts()) == 2)
+        assert len(h.slack.calls("usergroups.users.list")) == 1  # cached (the API is Tier 2)
