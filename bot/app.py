@@ -20,11 +20,13 @@ from slack_sdk.signature import SignatureVerifier
 from bot import decisions, digest, logs, slack, watchdogs
 from bot import slack_app as slack_app_module
 from bot.agents import TokenCache
+from bot.aireview import AIReviewJobs
 from bot.control import Control
 from bot.intake import IntakeWriter
 from bot.metrics import Metrics
 from bot.outbox import Worker
 from bot.ratelimit import RateLimiter
+from bot.reviewer import ClaudeReviewer
 from bot.runtime import Clock, Runtime, utcnow
 from bot.settings import Settings
 from bot.webhooks import WebhookJobs
@@ -138,9 +140,11 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
 
     slack_jobs = slack.SlackJobs(rt=rt, client=client)
     webhook_jobs = WebhookJobs(rt)
+    reviewer = ClaudeReviewer.from_settings(settings, clock=options.clock)
+    ai_jobs = AIReviewJobs(rt, reviewer, metrics)
     worker = Worker(
         rt=rt,
-        handlers=slack_jobs.handlers() | webhook_jobs.handlers(),
+        handlers=slack_jobs.handlers() | webhook_jobs.handlers() | ai_jobs.handlers(),
         give_up={"slack.render": slack_jobs.render_gave_up} | webhook_jobs.give_up(),
         poll_interval=options.outbox_poll,
         backoff_base=options.backoff_base,
@@ -178,6 +182,7 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
         with contextlib.suppress(asyncio.CancelledError):
             await intake_task
         await webhook_jobs.close()
+        await reviewer.aclose()
         rt.engine.dispose()
 
     app.cleanup_ctx.append(background)

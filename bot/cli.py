@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 operational failure, 2 usage or config error (missing creden
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from datetime import UTC, datetime
@@ -244,6 +245,41 @@ def digest(
         fail(missing_slack_credentials(settings, socket_mode=False)[0], 2)
     asyncio.run(slack.post_digest(slack.make_client(settings), channel, built))
     typer.echo(f"digest of {day.isoformat()} posted to {channel}")
+
+
+risk_app = typer.Typer(no_args_is_help=True, help="Try the risk checks on past tickets.")
+app.add_typer(risk_app, name="risk")
+
+
+@risk_app.command("check")
+def risk_check(
+    file: Annotated[Path, typer.Argument(help="JSON lines: category, body, context?, amount?, currency?")],
+    llm: Annotated[
+        bool, typer.Option("--llm", help="Add the Claude reviewer (needs ANTHROPIC_API_KEY).")
+    ] = False,
+) -> None:
+    """Run the risk checks offline: one JSON line per input line on stdout, a summary on stderr."""
+    from collections import Counter
+
+    from bot import riskcheck
+
+    settings = settings_or_exit()
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}", 2)
+    levels: Counter[str] = Counter()
+    codes: Counter[str] = Counter()
+    for number, result in enumerate(riskcheck.check_lines(settings, lines, llm=llm), start=1):
+        typer.echo(json.dumps({"line": number} | result, ensure_ascii=False))
+        levels[result.get("level", "error") if "error" not in result else "error"] += 1
+        codes.update(f["code"] for f in result.get("findings", []))
+    summary = ", ".join(
+        f"{level} {levels[level]}" for level in ("high", "medium", "low", "none", "error") if levels[level]
+    )
+    typer.echo(f"{len(lines)} drafts: {summary or 'none'}", err=True)
+    for code, count in codes.most_common(10):
+        typer.echo(f"  {code}: {count}", err=True)
 
 
 def main() -> None:

@@ -12,9 +12,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-__all__ = ["Finding", "RiskRules", "Severity", "check_rules", "risk_level"]
+__all__ = ["Finding", "Level", "RiskRules", "Severity", "check_rules", "risk_level"]
 
 Severity = Literal["low", "medium", "high"]
 Level = Literal["none", "low", "medium", "high"]
@@ -167,9 +167,6 @@ class _Text:
             word_starts=tuple(starts),
             sentences=tuple(sentences),
         )
-
-    def word_count(self) -> int:
-        return len(self.words.split()) if self.words else 0
 
 
 def _quote(text: str) -> str:
@@ -360,6 +357,13 @@ _DECLINED_REQUEST = re.compile(
 )
 
 
+# "your refund request", "our refund policy": words about the process, not an offer of money.
+_ABOUT_THE_PROCESS = re.compile(
+    r" (?:requests?|policy|policies|status|process|form|team|department|window|period|page|rules|terms|"
+    r"questions?|inquiry|enquiry|ticket|claims?|desk)\b"
+)
+
+
 @dataclass(frozen=True)
 class _Promise:
     term: str
@@ -379,7 +383,7 @@ def _money_promises(text: _Text) -> Iterator[_Promise]:
             m.group()
             for clause in clauses
             for m in _MONEY_TERMS.finditer(clause)
-            if not _negated(clause, m.start(), m.group())
+            if not _negated(clause, m.start(), m.group()) and not _ABOUT_THE_PROCESS.match(clause, m.end())
         ]
         if not terms:
             continue
@@ -583,14 +587,15 @@ _CARD = re.compile(r"(?<![\d])(?<!\d[ .-])(?:\d[ .-]?){12,18}\d(?![ .-]?\d)")
 _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{1,4}){3,8}(?![A-Za-z0-9])")
 _EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]{1,64}@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}")
 _PHONE = re.compile(
-    r"(?<![\w+#/=.,$€£-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,5}(?:[ .-]\d{2,5}){1,4}"
+    r"(?<![\w+#/=.,$€£-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,5}(?:[ .-]\d{2,8}){1,4}"
     r"(?![\w-]|[.,]\d)|\+\d{8,15}\b"
 )
 _DATE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
+# Numbers labelled like this are references, however much they look like a phone number.
 _NUMBER_LABEL = re.compile(
-    r"(?:order|orders|no|nr|number|#|ticket|invoice|tracking|ref|reference|case|rma|account|sku|item|"
-    r"model|bestellung|bestellnummer|pedido|commande|ordine|bestelling|rechnung|factura|facture|iban)"
-    r"[\s.:#-]*$",
+    r"(?:#|\b(?:order|orders|ticket|invoice|tracking|ref|reference|case|rma|account|sku|item|model|"
+    r"bestellung|bestellnummer|pedido|commande|ordine|bestelling|rechnung|factura|facture|iban)"
+    r"(?:\s*(?:no|nr|number|id|#))?)[\s.:#-]*$",
     re.IGNORECASE,
 )
 _TOLL_FREE = ("800", "888", "877", "866", "855", "844", "833")
@@ -752,7 +757,7 @@ _TLDS = (
     r"com|net|org|info|biz|io|co|ai|app|dev|me|ly|to|gg|sh|xyz|top|site|online|shop|store|link|click|"
     r"live|club|pro|ru|cn|de|fr|es|it|nl|pt|uk|eu|us|ca|au|in|br|jp|ch|at|be|se|no|dk|pl|cz|tk|ml|ga|"
     r"cf|gq|cc|tv|ws|su|support|help|email|zip|mov|page|tech|cloud|work|win|vip|icu|buzz|rest|fun|"
-    r"host|space|website|today|news|ly|gl|am|fm|is|ms"
+    r"host|space|website|today|news|gl|am|fm|is|ms"
 )
 _URL = re.compile(r"\b(?:https?|ftp)://[^\s<>\"'|\[\](){}]+", re.IGNORECASE)
 _BARE_DOMAIN = re.compile(
@@ -821,6 +826,10 @@ def _check_links(rules: RiskRules, draft: _Text) -> list[Finding]:
         url = draft.visible[m.start() : m.end()].rstrip(_TRAILING)
         host, userinfo = _host(url)
         raw_hosts.append((host, _host(m.group().rstrip(_TRAILING))[0], userinfo))
+        # An allowed site that redirects ("?next=https://evil.ru") sends the customer elsewhere.
+        for nested in _URL.finditer(unquote(url.split("://", 1)[1])):
+            nested_host = _host(nested.group().rstrip(_TRAILING))[0]
+            raw_hosts.append((nested_host, nested_host.translate(_HOMOGLYPHS), False))
     blanked = _EMAIL.sub(_blank, _URL.sub(_blank, draft.skeleton))
     for m in _BARE_DOMAIN.finditer(blanked):
         original = draft.visible[m.start(1) : m.end(1)]
@@ -885,11 +894,14 @@ _SECRETS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("webhook secret", r"\bwhsec_[A-Za-z0-9+/=]{16,}"),
         ("Google API key", r"\bAIza[0-9A-Za-z_-]{35}"),
         ("JSON Web Token", r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
-        ("login and password", r"(?i)\b(?:login|user(?:name)?)\s*:?\s*\S+\s*/\s*(?=\S*[\d!@#$%^&*])\S{6,}"),
+        (
+            "login and password",
+            r"(?i)\b(?:login|user(?:name)?)[ \t]*:?[ \t]*\S{1,64}[ \t]*/[ \t]*(?=\S*[\d!@#$%^&*])\S{6,}",
+        ),
         (
             "password",
-            r"(?i)\b(?:password|passwort|mot de passe|contrase[nñ]a|passcode|pin)\s*(?:is|:|=|ist|est|es)"
-            r"\s*[\"'`]?(?=\S*[\d!@#$%^&*])\S{6,}",
+            r"(?i)\b(?:password|passwort|mot de passe|contrase[nñ]a|passcode|pin)[ \t]*(?:is|:|=|ist|est|es)"
+            r"[ \t]*[\"'`]?(?=\S*[\d!@#$%^&*])\S{6,}",
         ),
     )
 )
@@ -984,8 +996,8 @@ _INJECTION_WORDS = re.compile(
 )
 _INJECTION_MARKUP = re.compile(
     r"\[/?inst\]|<\|im_(?:start|end)\|>|<\|?(?:system|assistant)\|?>|</?(?:system|instructions?)>"
-    r"|^\s*#{2,}\s*(?:system|instructions?)\b|\bnew instructions?\s*:"
-    r"|(?:^|[\[(<{])\s*(?:note (?:to|for) )?(?:the )?(?:reviewer|approver|moderator)s?\s*:",
+    r"|^[ \t]*#{2,}[ \t]*(?:system|instructions?)\b|\bnew instructions?[ \t]*:"
+    r"|(?:^|[\[(<{])[ \t]*(?:note (?:to|for) )?(?:the )?(?:reviewer|approver|moderator)s?[ \t]*:",
     re.MULTILINE,
 )
 

@@ -502,7 +502,7 @@ def _build(path: Path, env: Mapping[str, str]) -> tuple[Config, list[Problem]]:
         default_agent_policy=AgentPolicy(),
         watchdog_max_pending=r.count(watchdog, "max_pending"),
         watchdog_max_age=r.parsed(watchdog, "max_age", parse_duration),
-        reviewer_model=model or "claude-sonnet-4-5",
+        reviewer_model=model or "claude-sonnet-4-6",
         reviewer_timeout=_or(r.parsed(ai, "timeout", parse_duration), timedelta(seconds=8)),
         max_body_bytes=max_body_bytes,
     )

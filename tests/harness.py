@@ -188,6 +188,7 @@ async def harness(
     executor_attempts: int = 3,
     extra_config: str = "",
     agent: tuple[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Harness]:
     """Start everything; `agent` (token, callback secret) reuses an agent registered by an earlier run."""
     slack = SlackDouble(users=USERS)
@@ -197,7 +198,7 @@ async def harness(
     await callbacks.start()
     try:
         config = write_config(tmp_path, executor_url=executor.url + "/refunds", extra=extra_config)
-        settings = load_settings(make_env(db_url, config, slack.base_url))
+        settings = load_settings(make_env(db_url, config, slack.base_url) | (env or {}))
         clock = ShiftedClock()
         options = Options(
             clock=clock,

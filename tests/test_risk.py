@@ -160,6 +160,11 @@ def test_money_in_non_money_category_is_silent_when_reporting_an_existing_refund
     assert check(body, context="I was told I'd get a refund last week.") == []
 
 
+def test_money_in_non_money_category_is_silent_when_routing_a_refund_request() -> None:
+    body = "I've sent your refund request to our billing team; they'll reply within 2 days."
+    assert check(body, context="I'd like a refund please, the toaster is broken.") == []
+
+
 def test_money_in_non_money_category_is_silent_when_credit_means_credit_card() -> None:
     assert check("Thanks, I've updated your credit card.", context="Please update my credit card") == []
 
@@ -400,12 +405,18 @@ def test_foreign_email_is_silent_when_link_has_userinfo() -> None:
     assert "disguised_link" in codes(findings)
 
 
-@pytest.mark.parametrize("phone", ["(617) 555-0134", "+1 312 555 0148", "212-555-0173", "+44 20 7946 0958"])
+@pytest.mark.parametrize(
+    "phone", ["(617) 555-0134", "+1 312 555 0148", "212-555-0173", "+44 20 7946 0958", "+44 7700 900461"]
+)
 def test_foreign_phone_is_high_when_number_is_not_the_customers(phone: str) -> None:
     findings = check(f"Call the account holder on {phone}.", context="My number is 503-555-0187")
     finding = only(findings, "foreign_phone")
     assert finding.severity == "high"
     assert phone not in finding.message
+
+
+def test_foreign_phone_is_high_when_labelled_as_a_phone_number() -> None:
+    assert "foreign_phone" in codes(check("Her phone number: 617-555-0134.", context=NOT_ASKED))
 
 
 @pytest.mark.parametrize(
@@ -417,6 +428,7 @@ def test_foreign_phone_is_high_when_number_is_not_the_customers(phone: str) -> N
         ("Call us at 1-800-555-0199.", NOT_ASKED),
         ("Your order #4821-3390 shipped on 2024-06-03.", NOT_ASKED),
         ("Ticket 88213-5521 is with our team.", NOT_ASKED),
+        ("Invoice no. 2291-4471-08 is attached.", NOT_ASKED),
     ],
 )
 def test_foreign_phone_is_silent_when_number_is_known_or_not_personal(body: str, context: str) -> None:
@@ -435,6 +447,8 @@ def test_foreign_phone_is_silent_when_number_is_known_or_not_personal(body: str,
         ("Track it: http://acme.com.tracking-status.info/track", "acme.com.tracking-status.info"),
         ("Visit notacme.com today", "notacme.com"),
         ("Update it at http://acme.co/update", "acme.co"),
+        ("Go to https://acme.com/reset?next=https://evil-site.ru/steal", "evil-site.ru"),
+        ("Go to https://acme.com/go?to=https%3A%2F%2Fevil-site.ru%2Fsteal", "evil-site.ru"),
         ("See www.example.org.", "www.example.org"),
     ],
 )

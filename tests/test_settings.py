@@ -129,7 +129,7 @@ def test_load_config_applies_defaults_when_keys_are_absent(tmp_path: Path) -> No
     assert config.default_agent_policy.breaker_burst_window == timedelta(minutes=10)
     assert config.watchdog_max_pending is None
     assert config.watchdog_max_age is None
-    assert config.reviewer_model == "claude-sonnet-4-5"
+    assert config.reviewer_model == "claude-sonnet-4-6"
     assert config.reviewer_timeout == timedelta(seconds=8)
     assert config.max_body_bytes == 262144
 
