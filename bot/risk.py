@@ -5,6 +5,7 @@ No I/O and no state; the Claude second opinion lives in bot/reviewer.py.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import unicodedata
@@ -119,8 +120,9 @@ def _visible(text: str) -> str:
 def _fold(text: str) -> str:
     """Lower-case, accent-free, homoglyph-free text with punctuation kept, for phrase matching."""
     folded = _visible(text).translate(_HOMOGLYPHS).casefold()
-    decomposed = unicodedata.normalize("NFKD", folded)
-    folded = "".join(c for c in decomposed if not unicodedata.combining(c))
+    if not folded.isascii():  # ASCII has no accents to strip: skip the per-character pass
+        decomposed = unicodedata.normalize("NFKD", folded)
+        folded = "".join(c for c in decomposed if not unicodedata.combining(c))
     folded = _CANNOT.sub("can not", _APOSTROPHE_NOT.sub(" not", folded))
     folded = _GLUE.sub("", folded)
     return _SPACED.sub(lambda m: _NON_WORD.sub("", m.group()), folded)
@@ -145,12 +147,10 @@ class _Text:
         visible = _visible(text)
         folded = _fold(text)
         words = _words(folded)
-        letters: list[str] = []
         starts: list[bool] = []
         for word in words.split(" "):
-            for i, char in enumerate(word):
-                letters.append(char)
-                starts.append(i == 0)
+            starts.append(True)
+            starts.extend([False] * (len(word) - 1))
         sentences = []
         for sentence in _SENTENCE_END.split(folded):
             clauses = []
@@ -163,7 +163,7 @@ class _Text:
             folded=folded,
             skeleton=visible.translate(_HOMOGLYPHS),
             words=words,
-            skeleton_letters="".join(letters),
+            skeleton_letters=words.replace(" ", ""),
             word_starts=tuple(starts),
             sentences=tuple(sentences),
         )
@@ -1059,6 +1059,16 @@ _MIN_WORDS = 4
 _MIN_EVIDENCE = 2.5  # about three stop words, one of them shared with another language
 
 
+@functools.cache
+def _languages_of() -> dict[str, tuple[str, ...]]:
+    """Each stop word and the languages it belongs to (built once, on first use)."""
+    index: dict[str, list[str]] = {}
+    for lang, stops in _STOP_WORDS.items():
+        for word in stops:
+            index.setdefault(word, []).append(lang)
+    return {word: tuple(langs) for word, langs in index.items()}
+
+
 def _language(text: _Text) -> str | None:
     # Links and addresses are not language ("acme.com" would count as Portuguese "com").
     prose = _BARE_DOMAIN.sub(" ", _EMAIL.sub(" ", _URL.sub(" ", text.skeleton)))
@@ -1066,8 +1076,9 @@ def _language(text: _Text) -> str | None:
     if len(words) < _MIN_WORDS:
         return None
     scores = dict.fromkeys(_STOP_WORDS, 0.0)
+    languages_of = _languages_of()
     for word in words:
-        langs = [lang for lang, stops in _STOP_WORDS.items() if word in stops]
+        langs = languages_of.get(word, ())
         for lang in langs:
             scores[lang] += 1 / len(langs)
     ranked = sorted(scores.items(), key=lambda item: item[1], reverse=True)
