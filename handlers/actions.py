@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.decisions import Outcome
 from bot.errors import DecisionRefused
 from bot.policy import from_minor
 from bot.settings import currency_exponent
@@ -21,32 +23,30 @@ async def _tell(respond: AsyncRespond, text: str) -> None:
     await respond(text=text, response_type="ephemeral", replace_original=False)
 
 
-async def approve(
-    ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext, respond: AsyncRespond
-) -> None:
-    await ack()
+async def _answer(respond: AsyncRespond, decision: Awaitable[Outcome]) -> None:
+    """Tell the clicker, privately, what their click did (or why it did nothing)."""
     try:
-        outcome = await services(context).reviewing.approve(
-            user=body["user"]["id"], value=body["actions"][0]["value"]
-        )
+        outcome = await decision
     except DecisionRefused as refused:
         await _tell(respond, refused.message)
         return
     await _tell(respond, outcome.message)
+
+
+async def approve(
+    ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext, respond: AsyncRespond
+) -> None:
+    await ack()
+    reviewing = services(context).reviewing
+    await _answer(respond, reviewing.approve(user=body["user"]["id"], value=body["actions"][0]["value"]))
 
 
 async def retry(
     ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext, respond: AsyncRespond
 ) -> None:
     await ack()
-    try:
-        outcome = await services(context).reviewing.retry(
-            user=body["user"]["id"], value=body["actions"][0]["value"]
-        )
-    except DecisionRefused as refused:
-        await _tell(respond, refused.message)
-        return
-    await _tell(respond, outcome.message)
+    reviewing = services(context).reviewing
+    await _answer(respond, reviewing.retry(user=body["user"]["id"], value=body["actions"][0]["value"]))
 
 
 async def edit(
@@ -107,14 +107,10 @@ async def _manual(
     ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext, respond: AsyncRespond, action: str
 ) -> None:
     await ack()
-    try:
-        outcome = await services(context).reviewing.manual(
-            user=body["user"]["id"], value=body["actions"][0]["value"], action=action
-        )
-    except DecisionRefused as refused:
-        await _tell(respond, refused.message)
-        return
-    await _tell(respond, outcome.message)
+    reviewing = services(context).reviewing
+    await _answer(
+        respond, reviewing.manual(user=body["user"]["id"], value=body["actions"][0]["value"], action=action)
+    )
 
 
 async def home_pause(
