@@ -79,3 +79,56 @@ def usage(session: Session, config: Config, category: Category, now: datetime) -
         count_used=count_used,
         amount_used_minor=amount_used,
     )
+
+
+def agent_scope(agent: str) -> str:
+    return f"agent:{agent}"
+
+
+def reserve(
+    session: Session, config: Config, category: Category, *, agent: str, day: str, amount_minor: int
+) -> str | None:
+    """Reserve one action against the category's caps and the agent's own ([agents.NAME]).
+
+    Returns None when it fits, else which cap refused it; the caller rolls the transaction
+    back, so a reservation that fit one cap but not the other leaves nothing behind.
+    """
+    count_cap, amount_cap = limits(session, category)
+    if (
+        queries.reserve_cap(
+            session,
+            scope=scope(category.name),
+            day=day,
+            amount_minor=amount_minor,
+            count_cap=count_cap,
+            amount_cap_minor=amount_cap,
+        )
+        is None
+    ):
+        return "category"
+    tuning = config.agent_policy(agent)
+    if tuning.daily_count_cap is None and tuning.daily_amount_cap is None:
+        return None
+    exponent = currency_exponent(category.currency)
+    agent_amount = (
+        None if tuning.daily_amount_cap is None else policy.to_minor(tuning.daily_amount_cap, exponent)
+    )
+    if (
+        queries.reserve_cap(
+            session,
+            scope=agent_scope(agent),
+            day=day,
+            amount_minor=amount_minor,
+            count_cap=tuning.daily_count_cap,
+            amount_cap_minor=agent_amount,
+        )
+        is None
+    ):
+        return "agent"
+    return None
+
+
+def release(session: Session, *, category: str, agent: str, day: str, amount_minor: int) -> None:
+    """Give a reservation back to the category and the agent (rejection after reserve, failure)."""
+    for name in (scope(category), agent_scope(agent)):
+        queries.release_cap(session, scope=name, day=day, amount_minor=amount_minor)

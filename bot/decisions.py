@@ -173,21 +173,20 @@ def _approve_in(
         raise DecisionRefused("You gave the first approval; a second, different reviewer has to approve.")
 
     day = policy.cap_day(now, rt.config.timezone)
-    if category.daily_count_cap is not None or category.daily_amount_cap is not None or amount_minor:
-        count_cap, amount_cap = caps.limits(session, category)
-        reserved = queries.reserve_cap(
-            session,
-            scope=caps.scope(category.name),
-            day=day,
-            amount_minor=amount_minor or 0,
-            count_cap=count_cap,
-            amount_cap_minor=amount_cap,
+    agent = session.get(Agent, draft.agent_id)
+    agent_name = agent.name if agent else "?"
+    refused = caps.reserve(
+        session, rt.config, category, agent=agent_name, day=day, amount_minor=amount_minor or 0
+    )
+    if refused == "category":
+        usage = caps.usage(session, rt.config, category, now)
+        raise DecisionRefused(
+            f"Approving would exceed today's cap ({usage.describe()}). The draft stays pending."
         )
-        if reserved is None:
-            usage = caps.usage(session, rt.config, category, now)
-            raise DecisionRefused(
-                f"Approving would exceed today's cap ({usage.describe()}). The draft stays pending."
-            )
+    if refused == "agent":
+        raise DecisionRefused(
+            f"Approving would exceed {agent_name}'s own daily cap. The draft stays pending."
+        )
     won = queries.transition(
         session,
         draft.id,
@@ -401,18 +400,15 @@ def retry(
                 raise DecisionRefused(blocked)
             if draft.status == "failed":
                 # A failure released the reservation: take it again, or refuse.
-                count_cap, amount_cap = caps.limits(session, category)
                 day = policy.cap_day(now, rt.config.timezone)
-                if (
-                    queries.reserve_cap(
-                        session,
-                        scope=caps.scope(category.name),
-                        day=day,
-                        amount_minor=draft.amount_minor or 0,
-                        count_cap=count_cap,
-                        amount_cap_minor=amount_cap,
-                    )
-                    is None
+                agent = session.get(Agent, draft.agent_id)
+                if caps.reserve(
+                    session,
+                    rt.config,
+                    category,
+                    agent=agent.name if agent else "?",
+                    day=day,
+                    amount_minor=draft.amount_minor or 0,
                 ):
                     raise DecisionRefused("Retrying would exceed today's cap.")
             else:

@@ -153,9 +153,10 @@ def report_done(rt: Runtime, *, agent: Agent, draft_id: str, done: DoneIn) -> di
         if not moved:
             raise Conflict(f"draft is {draft.status}, not approved")
         if not done.ok and draft.reservation_day and category is not None:
-            queries.release_cap(
+            caps.release(
                 session,
-                scope=caps.scope(category.name),
+                category=category.name,
+                agent=agent.name,
                 day=draft.reservation_day,
                 amount_minor=draft.amount_minor or 0,
             )

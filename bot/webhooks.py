@@ -228,9 +228,11 @@ class WebhookJobs:
                 return
             self._executor_health(session, draft.category, ok=ok, error=error)
             if to == "failed" and draft.reservation_day:
-                queries.release_cap(
+                owner = session.get(Agent, draft.agent_id)
+                caps.release(
                     session,
-                    scope=caps.scope(draft.category),
+                    category=draft.category,
+                    agent=owner.name if owner else "?",
                     day=draft.reservation_day,
                     amount_minor=draft.amount_minor or 0,
                 )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -9,7 +10,10 @@ from bot import agents, decisions, intake, policy
 from bot.errors import DecisionRefused
 from bot.runtime import Runtime
 from bot.schemas import DraftIn
-from tests.conftest import FrozenClock
+from bot.settings import load_settings
+from storage import migrate
+from storage.db import create_db_engine
+from tests.conftest import FrozenClock, make_env, write_config
 
 NEW_YORK, BERLIN = ZoneInfo("America/New_York"), ZoneInfo("Europe/Berlin")
 
@@ -86,3 +90,38 @@ def test_the_cap_resets_at_local_midnight_across_a_dst_change(rt: Runtime, clock
             for day, amount in conn.exec_driver_sql("SELECT day, amount_used_minor FROM cap_usage").all()
         )
     assert rows == {"2026-11-01": 40000, "2026-11-02": 20000}
+
+
+def test_an_agents_own_daily_cap_holds_across_categories(
+    db_url: str, tmp_path: Path, clock: FrozenClock
+) -> None:
+    settings = load_settings(
+        make_env(db_url, write_config(tmp_path, extra="\n[agents.support-bot]\ndaily_count_cap = 2\n"))
+    )
+    engine = create_db_engine(settings.database_url)
+    migrate.upgrade(engine)
+    rt = Runtime(engine=engine, config=settings.config, clock=clock)
+    try:
+        agents.add(rt, name="support-bot", categories=["refund", "reply"], callback_prefixes=[])
+        agent = agents.authenticate(rt, agents.rotate(rt, name="support-bot"))
+        reviewers, alice = frozenset({"U0ALICE"}), policy.Reviewer("U0ALICE")
+        ids = []
+        for category in ("refund", "reply", "reply"):
+            body = {"category": category, "summary": "s", "body": "Hello there."}
+            _, created = intake.submit(
+                rt, agent=agent, draft=DraftIn.model_validate(body), key=None, base_url=""
+            )
+            ids.append(created["id"])
+        for draft_id in ids[:2]:
+            decisions.approve(
+                rt, draft_id=draft_id, version=1, user="U0ALICE", reviewers=reviewers, reviewer=alice
+            )
+        with pytest.raises(DecisionRefused, match="support-bot's own daily cap"):
+            decisions.approve(
+                rt, draft_id=ids[2], version=1, user="U0ALICE", reviewers=reviewers, reviewer=alice
+            )
+        with engine.connect() as conn:
+            used = dict(conn.exec_driver_sql("SELECT scope, count_used FROM cap_usage").all())
+        assert used == {"category:refund": 1, "category:reply": 1, "agent:support-bot": 2}
+    finally:
+        engine.dispose()
