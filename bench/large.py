@@ -46,7 +46,15 @@ def fill(rt: Runtime, agent_id: int, count: int, now: datetime) -> list[str]:
         created = now - timedelta(seconds=rng.randrange(7 * 86400))
         draft_id = new_draft_id()
         roll = rng.random()
-        status = "executed" if roll < 0.33 else "rejected" if roll < 0.53 else "expired" if roll < 0.6 else "pending"
+        status = (
+            "executed"
+            if roll < 0.33
+            else "rejected"
+            if roll < 0.53
+            else "expired"
+            if roll < 0.6
+            else "pending"
+        )
         decided = created + timedelta(seconds=rng.randrange(60, 7200)) if status != "pending" else None
         drafts.append(
             {
@@ -71,7 +79,9 @@ def fill(rt: Runtime, agent_id: int, count: int, now: datetime) -> list[str]:
                 "execution_attempts": 1 if status == "executed" else 0,
                 "execution_ambiguous": False,
                 # Pending ones are still open (nothing for the expiry timer to do during the run).
-                "expires_at": now + timedelta(hours=4) if status == "pending" else created + timedelta(hours=4),
+                "expires_at": now + timedelta(hours=4)
+                if status == "pending"
+                else created + timedelta(hours=4),
                 "created_at": created,
                 "updated_at": decided or created,
             }
@@ -79,7 +89,13 @@ def fill(rt: Runtime, agent_id: int, count: int, now: datetime) -> list[str]:
         if status in ("executed", "rejected"):
             action = "approve" if status == "executed" else "reject"
             decisions.append(
-                {"draft_id": draft_id, "action": action, "by": "U0ALICE", "reason": "no" if action == "reject" else None, "at": decided}
+                {
+                    "draft_id": draft_id,
+                    "action": action,
+                    "by": "U0ALICE",
+                    "reason": "no" if action == "reject" else None,
+                    "at": decided,
+                }
             )
         ids.append(draft_id)
         if len(drafts) == 5000:
@@ -137,7 +153,9 @@ def main() -> None:
         engine = create_db_engine(settings.database_url)
         migrate.upgrade(engine)
         rt = Runtime(engine=engine, config=settings.config)
-        registered = agents.add(rt, name=f"large-{random.randrange(10**6)}", categories=["refund", "reply"], callback_prefixes=[])
+        registered = agents.add(
+            rt, name=f"large-{random.randrange(10**6)}", categories=["refund", "reply"], callback_prefixes=[]
+        )
         agent = agents.authenticate(rt, registered.token)
         now = datetime.now(UTC)
         started = time.perf_counter()
@@ -160,7 +178,9 @@ def main() -> None:
     submitted = sum(line.submitted for line in built.lines.values())
     print(f"large: {args.drafts:,} drafts on {backend} (filled in {filled:.1f} s)")
     print(f"digest.build for {yesterday} ({submitted:,} drafts that day): {digest_seconds * 1000:.0f} ms")
-    print(f"GET /v1/drafts/{{id}}: {len(latencies)} requests, 8 clients: p50 {cuts[49]:.1f} ms, p99 {cuts[98]:.1f} ms")
+    print(
+        f"GET /v1/drafts/{{id}}: {len(latencies)} requests, 8 clients: p50 {cuts[49]:.1f} ms, p99 {cuts[98]:.1f} ms"
+    )
     print(f"server peak RSS: {rss:.0f} MiB")
 
 
