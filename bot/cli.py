@@ -282,6 +282,26 @@ def risk_check(
         typer.echo(f"  {code}: {count}", err=True)
 
 
+@app.command()
+def mcp(
+    agent_token: Annotated[
+        str,
+        typer.Option(envvar="COUNTERSIGN_AGENT_TOKEN", help="The agent's token, as printed by `agents add`."),
+    ],
+    url: Annotated[
+        str, typer.Option(envvar="COUNTERSIGN_URL", help="Base URL of the running Countersign server.")
+    ] = "http://127.0.0.1:3000",
+) -> None:
+    """Serve MCP over stdio for one agent: approval tools for MCP-capable agents."""
+    try:
+        from bot.mcp_server import serve
+    except ImportError as exc:
+        fail(f"`countersign mcp` needs the mcp package and the client (pip install ./client): {exc}", 2)
+    import anyio
+
+    anyio.run(serve, agent_token, url)
+
+
 def main() -> None:
     """Entry point of the console script and `python -m bot`."""
     app()

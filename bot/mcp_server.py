@@ -17,7 +17,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from countersign_client import AsyncClient, CountersignError, Draft, Submission
+from countersign_client import AsyncClient, CountersignError, Draft, Submission, held_by
 from countersign_client.client import DEFAULT_URL, MAX_WAIT
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -48,9 +48,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def next_step(draft: Draft) -> str:
-    """What the model may do now, for each state a draft can be in."""
+def next_step(draft: Draft, held: str | None = None) -> str:
+    """What the model may do now, for each state a draft can be in (`held`: why an approved action
+    must still wait, e.g. the agent was paused after the approval)."""
     status = draft.status
+    if held and status == "approved" and draft.execution.status == "none":
+        return (
+            f"Approved, but since then {held.replace('_', ' ')}: do NOT carry it out now. "
+            "A human decides what happens next; check again later with get_draft."
+        )
     if status == "pending":
         return "Waiting for a human decision. Call wait_for_decision again; do not act yet."
     if status == "approved" and draft.execution.status == "none":
@@ -84,11 +90,19 @@ def next_step(draft: Draft) -> str:
     return "The outcome is unknown and a human must check it. Do not retry."
 
 
-def draft_answer(draft: Draft) -> dict[str, Any]:
+def draft_answer(draft: Draft, held: str | None = None) -> dict[str, Any]:
     answer: dict[str, Any] = _plain(dataclasses.asdict(draft))
     answer["final_body"] = draft.final_body
-    answer["next_step"] = next_step(draft)
+    answer["next_step"] = next_step(draft, held)
     return answer
+
+
+async def checked_answer(client: AsyncClient, draft: Draft) -> dict[str, Any]:
+    """The answer for a draft, re-checking the brake before telling the model to act on an approval."""
+    held = None
+    if draft.status == "approved" and draft.execution.status == "none":
+        held = held_by(await client.me(), draft)
+    return draft_answer(draft, held)
 
 
 def submission_answer(submission: Submission) -> dict[str, Any]:
@@ -175,7 +189,7 @@ def build_server(client: AsyncClient) -> MCPServer[Any]:
         """Read a draft now, without waiting: status, reviewer decisions (with reasons), the approved
         text (approved_body, possibly edited by a reviewer), risk findings and execution state."""
         try:
-            return draft_answer(await client.get(draft_id))
+            return await checked_answer(client, await client.get(draft_id))
         except CountersignError as error:
             raise _tool_error(error) from None
 
@@ -197,7 +211,7 @@ def build_server(client: AsyncClient) -> MCPServer[Any]:
                 draft = await client.wait(draft_id, chunk)
                 remaining = deadline - time.monotonic()
                 if draft.decided or remaining <= 0:
-                    return draft_answer(draft)
+                    return await checked_answer(client, draft)
                 await ctx.report_progress(timeout_seconds - remaining, timeout_seconds, "waiting for a human")
         except CountersignError as error:
             raise _tool_error(error) from None
