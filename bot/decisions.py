@@ -21,7 +21,7 @@ from bot.errors import DecisionRefused
 from bot.runtime import Runtime
 from bot.settings import Category, currency_exponent
 from storage import queries
-from storage.db import transaction
+from storage.db import lock_audit_chain, transaction
 from storage.tables import Agent, Decision, Draft
 
 
@@ -130,6 +130,10 @@ def _approve_in(
     edited_body: str | None,
     edited_amount: Decimal | None,
 ) -> Outcome:
+    # Serialize with every other audited change (a pause, manual mode, a cap change) before reading
+    # the control state: on PostgreSQL a pause committing meanwhile would otherwise go unseen and
+    # this approval commit after it. (SQLite's BEGIN IMMEDIATE already serializes.)
+    lock_audit_chain(session)
     now = rt.clock()
     draft = _load(session, draft_id, version)
     refusal = policy.refusal_to_decide(reviewer, reviewers=reviewers, requested_by=draft.requested_by)
@@ -387,6 +391,7 @@ def retry(
     """Send a failed or unreconciled action to the executor again, with the same idempotency key."""
     try:
         with transaction(rt.engine) as session:
+            lock_audit_chain(session)  # as in approve: see a pause that commits meanwhile
             now = rt.clock()
             draft = _load(session, draft_id, version)
             refusal = policy.refusal_to_decide(reviewer, reviewers=reviewers, requested_by=draft.requested_by)

@@ -7,13 +7,13 @@ replica takes the job again, so every handler must be safe to run more than once
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from bot.metrics import Metrics
 from bot.runtime import Runtime
@@ -75,29 +75,59 @@ class Worker:
         self.wake()
 
     async def run(self) -> None:
-        """Claim and deliver until stopped or cancelled."""
-        self._loop = asyncio.get_running_loop()
-        while not self._stopping:
-            try:
-                done = await self.run_once()
-            except Exception:
-                log.exception("outbox claim failed")
-                done = 0
-            if done == 0 and not self._stopping:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+        """Claim and deliver until stopped or cancelled.
 
-    async def run_once(self) -> int:
-        """Claim one batch and deliver it; the number of jobs taken."""
-        jobs = await asyncio.to_thread(
+        Up to `batch` deliveries run at once, and claiming goes on while they run: a slow job (an
+        executor near its timeout, a post waiting for Slack's per-channel pace) holds one slot,
+        never the claiming of everything behind it.
+        """
+        self._loop = asyncio.get_running_loop()
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping:
+                free = self.batch - len(in_flight)
+                claimed = 0
+                if free > 0:
+                    try:
+                        claimed = self._start(await self._claim(free), in_flight)
+                    except Exception:
+                        log.exception("outbox claim failed")
+                if claimed and claimed == free:
+                    continue  # more may be ready
+                if self._stopping:
+                    break
+                # Sleep until woken, a delivery frees a slot, or the poll interval passes.
+                self._wake.clear()
+                woken = asyncio.ensure_future(self._wake.wait())
+                waiting: set[asyncio.Future[Any]] = {woken}
+                if len(in_flight) >= self.batch:
+                    waiting |= in_flight
+                await asyncio.wait(waiting, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _claim(self, limit: int) -> list[OutboxJob]:
+        return await asyncio.to_thread(
             queries.claim_jobs,
             self.rt.engine,
             worker=self.worker_id,
             now=self.rt.clock(),
             lease=self.lease,
-            limit=self.batch,
+            limit=limit,
         )
+
+    def _start(self, jobs: list[OutboxJob], in_flight: set[asyncio.Task[None]]) -> int:
+        for job in jobs:
+            task = asyncio.create_task(self._deliver(job), name=f"outbox-{job.id}")
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        return len(jobs)
+
+    async def run_once(self) -> int:
+        """Claim one batch and deliver it; the number of jobs taken."""
+        jobs = await self._claim(self.batch)
         if jobs:
             await asyncio.gather(*(self._deliver(job) for job in jobs))
         return len(jobs)

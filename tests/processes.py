@@ -494,8 +494,13 @@ class Cluster:
         *,
         extra_config: str = "",
         edit_config: Callable[[str], str] | None = None,
+        show_logs: bool = True,
     ) -> Iterator[Cluster]:
-        """Start the doubles, write the config (executor URL filled in), migrate; stop it all after."""
+        """Start the doubles, write the config (executor URL filled in), migrate; stop it all after.
+
+        `show_logs` prints the tail of each server's log at the end, which pytest shows with a
+        failure report (it is the captured output of the fixture's teardown).
+        """
         executor = ExecutorProcess()
         slack = SlackDoubleProcess(users=USERS)
         engines: list[Engine] = []
@@ -531,8 +536,7 @@ class Cluster:
         finally:
             if cluster is not None:
                 cluster.stop_servers()
-                # Shown by pytest with the failure report (captured output of the teardown).
-                for server in cluster.servers:
+                for server in cluster.servers if show_logs else ():
                     print(f"----- {server.name} log (tail) -----\n{server.tail()}")
             slack.stop()
             executor.stop()
@@ -651,9 +655,9 @@ class Cluster:
 
     # -- the database
 
-    def rows(self, sql: str, **params: Any) -> list[sa.Row[Any]]:
+    def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         with self.reader.connect() as conn:
-            return list(conn.execute(sa.text(sql), params).all())
+            return [tuple(row) for row in conn.execute(sa.text(sql), params).all()]
 
     def scalar(self, sql: str, **params: Any) -> Any:
         with self.reader.connect() as conn:

@@ -1,13 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,104 +14,25 @@ from bot.settings import load_settings
 from storage import migrate
 from storage.db import create_db_engine
 from tests.conftest import make_env, write_config
+from tests.doubles.signing import SignedRequest
+from tests.processes import ServerProcess, fire
 
-ROOT = Path(__file__).resolve().parents[1]
 REPLY = {"category": "reply", "summary": "Answer order 1042", "body": "Hi Dana, it ships on Monday."}
-
-# A client process: N threads that each POST the same body with the same key, released together
-# at a wall-clock instant shared by every client process; prints [[status, body], ...].
-CLIENT = r"""
-import json, sys, threading, time, urllib.error, urllib.request
-
-url, token, key, body, start_at, count = sys.argv[1:7]
-results = [None] * int(count)
-barrier = threading.Barrier(int(count))
-
-
-def send(i):
-    request = urllib.request.Request(
-        url,
-        data=body.encode(),
-        method="POST",
-        headers={
-            "Authorization": "Bearer " + token,
-            "Idempotency-Key": key,
-            "Content-Type": "application/json",
-        },
-    )
-    barrier.wait()
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            results[i] = [response.status, json.loads(response.read())]
-    except urllib.error.HTTPError as error:
-        results[i] = [error.code, json.loads(error.read())]
-
-
-threads = [threading.Thread(target=send, args=(i,)) for i in range(int(count))]
-while time.time() < float(start_at):
-    time.sleep(0.001)
-for thread in threads:
-    thread.start()
-for thread in threads:
-    thread.join()
-print(json.dumps(results))
-"""
-
-
-def child_env(env: dict[str, str]) -> dict[str, str]:
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "COUNTERSIGN_"))}
-    return inherited | env | {"COUNTERSIGN_LOG_LEVEL": "WARNING"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until_healthy(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.05)
-    raise AssertionError(f"server did not become healthy:\n{log.read_text()}")
 
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], str]]:
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[ServerProcess] = []
 
     def start(env: dict[str, str]) -> str:
-        port = free_port()
-        log = tmp_path / f"server-{len(started)}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                env=child_env(env),
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        started.append(process)
-        url = f"http://127.0.0.1:{port}"
-        wait_until_healthy(process, url, log)
-        return url
+        name = f"server-{len(started)}"
+        server = ServerProcess(name, env, tmp_path / f"{name}.log")
+        started.append(server)
+        return server.start().url
 
     yield start
-    for process in started:
-        process.terminate()
-    for process in started:
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture
@@ -137,38 +51,13 @@ def runtime(env: dict[str, str]) -> Iterator[Runtime]:
 
 
 def submit_from_processes(urls: list[str], token: str, key: str, *, processes: int, each: int) -> list[Any]:
-    start_at = time.time() + 1.5
-    clients = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                CLIENT,
-                f"{urls[n % len(urls)]}/v1/drafts",
-                token,
-                key,
-                json.dumps(REPLY),
-                str(start_at),
-                str(each),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(processes)
+    """`processes` client processes of `each` threads POST the same body with the same key at once."""
+    body = json.dumps(REPLY).encode()
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key, "Content-Type": "application/json"}
+    requests = [
+        (f"{urls[n % len(urls)]}/v1/drafts", SignedRequest(body, headers)) for n in range(processes * each)
     ]
-    results: list[Any] = []
-    try:
-        for client in clients:
-            out, err = client.communicate(timeout=120)
-            assert client.returncode == 0, err
-            results.extend(json.loads(out))
-    finally:
-        for client in clients:
-            if client.poll() is None:
-                client.kill()
-                client.wait()
-    return results
+    return [[status, json.loads(text)] for status, text in fire(requests, processes=processes)]
 
 
 def assert_exactly_one_draft(runtime: Runtime, results: list[Any], expected: int) -> None:
