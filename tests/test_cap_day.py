@@ -125,3 +125,31 @@ def test_an_agents_own_daily_cap_holds_across_categories(
         assert used == {"category:refund": 1, "category:reply": 1, "agent:support-bot": 2}
     finally:
         engine.dispose()
+
+
+def test_a_rejection_share_over_the_window_auto_pauses_the_agent(rt: Runtime, clock: FrozenClock) -> None:
+    agents.add(rt, name="support-bot", categories=["reply"], callback_prefixes=[])
+    agent = agents.authenticate(rt, agents.rotate(rt, name="support-bot"))
+    reviewers, alice = frozenset({"U0ALICE"}), policy.Reviewer("U0ALICE")
+    # 20 decided drafts (the default window), one decision an hour so the 3-in-10-minutes burst never fires.
+    for n in range(20):
+        body = {"category": "reply", "summary": f"s{n}", "body": "Hello there."}
+        _, created = intake.submit(rt, agent=agent, draft=DraftIn.model_validate(body), key=None, base_url="")
+        if n % 10 in (3, 6, 9):  # 6 of 20 rejected: exactly the 30% threshold, reached on the last one
+            decisions.reject(
+                rt,
+                draft_id=created["id"],
+                version=1,
+                user="U0ALICE",
+                reviewers=reviewers,
+                reviewer=alice,
+                reason="no",
+            )
+        else:
+            decisions.approve(
+                rt, draft_id=created["id"], version=1, user="U0ALICE", reviewers=reviewers, reviewer=alice
+            )
+        paused = agents.me(rt, agent=agent)["state"] == "paused"
+        assert paused == (n == 19), n
+        clock.advance(hours=1)
+    assert "6 of its last 20" in str(agents.me(rt, agent=agent)["reason"])
