@@ -175,6 +175,9 @@ def _approve_in(
         return _first_approval(session, rt, draft, user, action, body_after, amount_minor, now)
     if needs_two and draft.first_approver == user:
         raise DecisionRefused("You gave the first approval; a second, different reviewer has to approve.")
+    if needs_two and (body_after, amount_minor) != (draft.body, draft.amount_minor):
+        # Nobody else has seen the edited version: the editor's approval becomes the first one on it.
+        return _first_approval(session, rt, draft, user, action, body_after, amount_minor, now)
 
     day = policy.cap_day(now, rt.config.timezone)
     agent = session.get(Agent, draft.agent_id)
@@ -261,7 +264,7 @@ def _first_approval(
     won = queries.update_draft(
         session,
         draft.id,
-        where={"status": "pending", "version": draft.version, "first_approver": None},
+        where={"status": "pending", "version": draft.version, "first_approver": draft.first_approver},
         first_approver=user,
         approvals_needed=2,
         body=body_after,
@@ -283,7 +286,7 @@ def _first_approval(
         draft,
         actor=f"slack:{user}",
         action="draft.first_approval",
-        before={"first_approver": None, "version": draft.version},
+        before={"first_approver": draft.first_approver, "version": draft.version},
         after={"first_approver": user, "edited": changed},
         now=now,
     )

@@ -184,9 +184,12 @@ class WebhookJobs:
                 queries.set_control(session, key, None, by="system:executor", at=now)
             return
         failures = (queries.get_control(session, key) or {}).get("count", 0) + 1
-        queries.set_control(session, key, {"count": failures}, by="system:executor", at=now)
-        if failures != BREAKER_THRESHOLD or queries.get_control(session, f"mode:{category}") is not None:
+        mode = queries.get_control(session, f"mode:{category}")
+        if failures < BREAKER_THRESHOLD or (mode is not None and mode.get("until") is None):
+            queries.set_control(session, key, {"count": failures}, by="system:executor", at=now)
             return
+        # Trip (replacing a time-boxed manual mode) and count the next run of failures from zero.
+        queries.set_control(session, key, None, by="system:executor", at=now)
         value = {"mode": "manual", "by": "system:executor-breaker", "until": None}
         queries.set_control(session, f"mode:{category}", value, by="system:executor-breaker", at=now)
         audit.append(

@@ -198,9 +198,14 @@ async def post_heartbeat(request: web.Request) -> web.Response:
 
 
 async def get_openapi(request: web.Request) -> web.Response:
+    """Public; with an agent's token it also narrows callback_url to that agent's registered prefixes."""
     config = request.app[RUNTIME].config
-    currencies = sorted({category.currency for category in config.categories.values()})
-    return web.json_response(spec(tuple(sorted(config.categories)), tuple(currencies)))
+    currencies = tuple(sorted({category.currency for category in config.categories.values()}))
+    prefixes = None
+    if request.headers.get("Authorization"):
+        agent = await _agent(request)
+        prefixes = tuple(json.loads(agent.callback_prefixes))
+    return web.json_response(spec(tuple(sorted(config.categories)), currencies, prefixes))
 
 
 def register(app: web.Application) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from typing import Any
 
@@ -16,6 +17,8 @@ _AMOUNT = {
 }
 # What responses carry: any non-negative decimal (usage can be 0.00; currencies differ in decimals).
 _MONEY = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"}
+# Text holds no NUL: no database stores it faithfully (the API answers 422).
+_NO_NUL = "^[^\\x00]*$"
 _FINDING = {
     "type": "object",
     "required": ["code", "severity", "message"],
@@ -40,9 +43,9 @@ _DRAFT_IN = {
     "required": ["category", "summary", "body"],
     "properties": {
         "category": {"type": "string", "minLength": 1, "maxLength": 40},
-        "summary": {"type": "string", "minLength": 1, "maxLength": 300, "pattern": "\\S"},
-        "body": {"type": "string", "maxLength": 40000},
-        "context": {"type": ["string", "null"], "maxLength": 40000},
+        "summary": {"type": "string", "minLength": 1, "maxLength": 300, "pattern": "^[^\\x00]*\\S[^\\x00]*$"},
+        "body": {"type": "string", "maxLength": 40000, "pattern": _NO_NUL},
+        "context": {"type": ["string", "null"], "maxLength": 40000, "pattern": _NO_NUL},
         "amount": {"anyOf": [_AMOUNT, {"type": "null"}]},
         "currency": {"type": ["string", "null"], "pattern": "^[A-Z]{3}$"},
         "payload": {"type": ["object", "null"]},
@@ -197,13 +200,28 @@ _COMMON = (400, 401, 429, 503)
 
 
 @cache
-def spec(categories: tuple[str, ...] = (), currencies: tuple[str, ...] = ()) -> dict[str, Any]:
+def spec(
+    categories: tuple[str, ...] = (),
+    currencies: tuple[str, ...] = (),
+    callback_prefixes: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     """The document served at /v1/openapi.json, with this deployment's categories and currencies."""
     draft_in = json.loads(json.dumps(_DRAFT_IN))
     if categories:
         draft_in["properties"]["category"] = {"enum": list(categories)}
     if currencies:
         draft_in["properties"]["currency"] = {"enum": [*currencies, None]}
+    if callback_prefixes is not None:
+        # Asked with an agent's token: callback_url is only what the operator registered for it.
+        if callback_prefixes:
+            alternatives = "|".join(re.escape(prefix) for prefix in callback_prefixes)
+            draft_in["properties"]["callback_url"] = {
+                "type": ["string", "null"],
+                "maxLength": 2000,
+                "pattern": f"^({alternatives})[^\\x00]*$",
+            }
+        else:
+            del draft_in["properties"]["callback_url"]
     return {
         "openapi": "3.1.0",
         "info": {"title": "Countersign agent API", "version": "1"},
@@ -272,7 +290,7 @@ def spec(categories: tuple[str, ...] = (), currencies: tuple[str, ...] = ()) -> 
                                     "required": ["ok"],
                                     "properties": {
                                         "ok": {"type": "boolean"},
-                                        "detail": {"type": ["string", "null"]},
+                                        "detail": {"type": ["string", "null"], "pattern": _NO_NUL},
                                     },
                                 }
                             }

@@ -1,0 +1,999 @@
+"""Model-based test of the review loop (AC-25, issue 6 item 5), on SQLite and on PostgreSQL.
+
+A hypothesis `RuleBasedStateMachine` calls the use-cases directly (no HTTP, no Slack): submit
+(also again with the same Idempotency-Key), approve and edit-and-approve as reviewers, outsiders,
+guests and the requester, reject, retry, withdraw, pause and resume (one agent or all), manual
+(optionally time-boxed) and review mode, cap changes, the executor's answer through the same gate
+the outbox worker uses (`WebhookJobs._begin` then `_finish`), the agent's own report for a
+category without an executor, expiry, the time-box revert, a restart (a new engine on the same
+database) and a frozen clock moved in small steps across local midnight and the America/New_York
+DST change of 2026-11-01.
+
+Next to it runs a plain reference model (drafts, pause flags, modes, caps, the expected audit
+trail). After every step the database must agree with the model, and these hold:
+
+- every status, version, amount, first approver and reservation day equals the model's;
+- nothing was approved or executed while, by the model's timeline, its agent (or everyone) was
+  paused or its category was in manual mode (checked on the database's own timestamps);
+- the approver is a live reviewer of the category and never the requester; above
+  `two_person_above` (or for a high-risk draft) two distinct approvers decided;
+- for every cap scope and day, the `cap_usage` row equals the count and sum of the reservations
+  held by approved, executed and needs-reconciliation drafts, and never exceeds the cap that was
+  in force when the last reservation was taken;
+- the audit log holds exactly the expected events, in order, and its hash chain verifies;
+- one `executor.call` job per approval and per retry, never more.
+
+Budget: `COUNTERSIGN_MODEL_EXAMPLES` examples of up to 25 steps per database (40 by default, which
+keeps CI near half a minute for both databases). The nightly job sets
+`COUNTERSIGN_MODEL_EXAMPLES=1000`. Runs are derandomized, so a failure reproduces as is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
+from hypothesis import event as observe
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from bot import agents, audit, decisions, drafts, intake, policy
+from bot.control import Control
+from bot.errors import Conflict, DecisionRefused, IdempotencyMismatch, NotFound
+from bot.outbox import RetryLater
+from bot.runtime import Runtime
+from bot.schemas import DoneIn, DraftIn
+from bot.settings import load_settings
+from bot.webhooks import BREAKER_THRESHOLD, WebhookJobs
+from storage import migrate
+from storage.db import create_db_engine
+from storage.tables import AuditEvent, CapUsage, Draft, OutboxJob
+from tests.conftest import PG_URL, FrozenClock, make_env, write_config
+
+SETTINGS = settings(
+    max_examples=int(os.environ.get("COUNTERSIGN_MODEL_EXAMPLES", "40")),
+    stateful_step_count=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+SECOND_EDIT_RESTARTS_APPROVAL = True
+# - The executor breaker trips at every run of BREAKER_THRESHOLD failures (not only the first) and
+#   replaces a time-boxed manual mode.
+BREAKER_TRIPS_AGAIN = True
+
+# support-bot also has caps of its own, so both reservation scopes are exercised.
+AGENT_CAPS = '\n[agents.support-bot]\ndaily_count_cap = 6\ndaily_amount_cap = "400.00"\n'
+AGENTS = ("support-bot", "other-bot")
+CATEGORIES = ("refund", "reply")
+REVIEWERS = {
+    "refund": frozenset({"U0ALICE", "U0BOB", "U0ADMIN", "U0GUEST", "U0GONE"}),
+    "reply": frozenset({"U0ALICE", "U0BOB", "U0CAROL"}),
+}
+# Alice, Bob and the admin review refunds; Carol only replies; Out nothing; the guest and the
+# deactivated account are listed as refund reviewers but Slack says they may not decide.
+USERS = ("U0ALICE", "U0BOB", "U0ADMIN", "U0CAROL", "U0OUT", "U0GUEST", "U0GONE")
+AMOUNTS = ("30.00", "120.00", "200.00", "250.00", "350.00")
+EDITED_AMOUNTS = (None, None, Decimal("50.00"), Decimal("210.00"), Decimal("310.00"))
+KEYS = (None, "k1", "k2", "k3")
+Submission = tuple[str, str, str, str | None, str | None]  # agent, category, amount, requested_by, key
+SUBMISSIONS = st.tuples(
+    st.sampled_from(AGENTS),
+    st.sampled_from(("refund", "refund", "refund", "reply")),
+    st.sampled_from(AMOUNTS),
+    st.sampled_from((None, None, "U0BOB")),
+    st.sampled_from(KEYS),
+)
+HELD = ("approved", "executed", "needs_reconciliation")
+DECIDED = ("approved", "rejected", "executed", "failed", "needs_reconciliation")
+# Limits as configured (count, amount in cents); `/agent cap` overrides the category's.
+CATEGORY_LIMITS: dict[str, tuple[int | None, int | None]] = {"refund": (20, 50_000), "reply": (300, None)}
+AGENT_LIMITS: dict[str, tuple[int | None, int | None]] = {"support-bot": (6, 40_000)}
+TWO_PERSON_ABOVE = 20_000
+MAX_AMOUNT = 30_000
+EXPIRE_AFTER = {"refund": timedelta(hours=4), "reply": timedelta(hours=24)}
+IDEMPOTENCY_RETENTION = timedelta(hours=24)
+BREAKER_BURST, BREAKER_BURST_WINDOW, BREAKER_WINDOW = 3, timedelta(minutes=10), 20
+# America/New_York left daylight time at 06:00Z on 2026-11-01; the model computes the local day
+# with this offset table, not with zoneinfo, so it checks the product's day key independently.
+DST_END = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
+STARTS = (
+    datetime(2026, 11, 1, 2, 30, tzinfo=UTC),  # 22:30 EDT on Oct 31: midnight, then the DST change
+    datetime(2026, 11, 1, 3, 58, tzinfo=UTC),  # 23:58 EDT: a minute or two before midnight
+    datetime(2026, 11, 1, 5, 57, tzinfo=UTC),  # 01:57 EDT: the hour that happens twice
+    datetime(2026, 11, 2, 4, 56, tzinfo=UTC),  # 23:56 EST on Nov 1, the 25-hour day
+)
+SWITCHES: tuple[tuple[Any, ...], ...] = (
+    *(("pause", who, user) for who in (*AGENTS, "all") for user in ("U0ALICE", "U0ADMIN")),
+    *(("resume", who) for who in (*AGENTS, "all")),
+    *(("manual", c, d) for c in CATEGORIES for d in (None, timedelta(minutes=30), timedelta(hours=2))),
+    *(("review", c) for c in CATEGORIES),
+    ("cap", "refund", 2, None),
+    ("cap", "refund", 3, "250.00"),
+    ("cap", "refund", None, "400.00"),
+    ("cap", "refund", 20, "500.00"),
+    ("cap", "reply", 2, None),
+)
+STEPS = (timedelta(minutes=1), timedelta(minutes=9), timedelta(minutes=47), timedelta(hours=2))
+STEPS += (timedelta(hours=4, minutes=1), timedelta(hours=13))
+
+
+def local_day(at: datetime) -> str:
+    assert datetime(2026, 3, 8, 7, tzinfo=UTC) <= at < datetime(2027, 3, 14, 7, tzinfo=UTC)
+    offset = timedelta(hours=-4) if at < DST_END else timedelta(hours=-5)
+    return (at + offset).date().isoformat()
+
+
+def minor(text: str | Decimal) -> int:
+    return int(Decimal(text) * 100)
+
+
+@dataclass
+class MDraft:
+    id: str
+    agent: str
+    category: str
+    amount: int | None
+    body: str
+    requested_by: str | None
+    status: str
+    expires_at: datetime
+    approvals_needed: int
+    version: int = 1
+    first_approver: str | None = None
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    reservation_day: str | None = None
+    attempts: int = 0
+    executor_jobs: int = 0
+
+
+@dataclass
+class Timeline:
+    """When each pause and mode switch changed, to ask what held at a past instant."""
+
+    changes: list[tuple[datetime, str, Any]] = field(default_factory=list)
+
+    def record(self, at: datetime, key: str, value: Any) -> None:
+        self.changes.append((at, key, value))
+
+    def value(self, key: str, at: datetime) -> Any:
+        current = None
+        for when, name, value in self.changes:
+            if name == key and when <= at:
+                current = value
+        return current
+
+
+class Database:
+    """A fresh, migrated database: a SQLite file or a PostgreSQL schema of its own."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.dir = Path(tempfile.mkdtemp(prefix="cs-model-"))
+        self.schema: str | None = None
+        if kind == "sqlite":
+            self.url = f"sqlite:///{self.dir / 'countersign.db'}"
+        else:
+            self.schema = "m_" + secrets.token_hex(6)
+            with psycopg.connect(PG_URL, autocommit=True) as conn:
+                conn.execute(f"CREATE SCHEMA {self.schema}")
+            self.url = f"{PG_URL}?options=-csearch_path%3D{self.schema}"
+
+    def drop(self) -> None:
+        if self.schema is not None:
+            with psycopg.connect(PG_URL, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA {self.schema} CASCADE")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ReviewLoop(RuleBasedStateMachine):
+    DB_KIND = "sqlite"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.db = Database(self.DB_KIND)
+        self.settings = load_settings(make_env(self.db.url, write_config(self.db.dir, extra=AGENT_CAPS)))
+        self.clock = FrozenClock(STARTS[0])
+        ids = itertools.count(1)
+        self.new_id = lambda: f"d_{next(ids):06d}"
+        self.engine = create_db_engine(self.settings.database_url, pool_size=2)
+        migrate.upgrade(self.engine)
+        self.rt = self._runtime()
+        self.agents = {}
+        for name in AGENTS:
+            registered = agents.add(self.rt, name=name, categories=list(CATEGORIES), callback_prefixes=[])
+            self.agents[name] = agents.authenticate(self.rt, registered.token)
+        # The model.
+        self.drafts: dict[str, MDraft] = {}
+        self.paused = dict.fromkeys(AGENTS, False)
+        self.pause_all = False
+        self.modes: dict[str, dict[str, Any] | None] = dict.fromkeys(CATEGORIES)
+        self.cap_override: dict[str, dict[str, int]] = {name: {} for name in CATEGORIES}
+        self.usage: dict[tuple[str, str], list[int]] = {}
+        self.bound: dict[tuple[str, str], tuple[int | None, int | None]] = {}
+        self.executor_failures = 0
+        self.keys: dict[tuple[str, str], tuple[datetime, str, dict[str, Any]]] = {}
+        self.audit: list[tuple[str, str]] = [("agent.added", f"agent:{name}") for name in AGENTS]
+        self.timeline = Timeline()
+
+    def _runtime(self) -> Runtime:
+        return Runtime(engine=self.engine, config=self.settings.config, clock=self.clock, new_id=self.new_id)
+
+    def teardown(self) -> None:
+        self.engine.dispose()
+        self.db.drop()
+
+    @property
+    def now(self) -> datetime:
+        return self.clock.now
+
+    def tick(self) -> None:
+        """Every step happens at its own instant, so the database's timestamps order the steps."""
+        self.clock.advance(seconds=1)
+
+    # -- model helpers ---------------------------------------------------------------------
+
+    def manual(self, category: str, at: datetime | None = None) -> bool:
+        mode = self.modes[category] if at is None else self.timeline.value(f"mode:{category}", at)
+        if not mode:
+            return False
+        return mode["until"] is None or mode["until"] > (at or self.now)
+
+    def blocked(self, draft: MDraft) -> bool:
+        return self.paused[draft.agent] or self.pause_all or self.manual(draft.category)
+
+    def category_limits(self, category: str) -> tuple[int | None, int | None]:
+        count, amount = CATEGORY_LIMITS[category]
+        override = self.cap_override[category]
+        return override.get("count_cap", count), override.get("amount_cap_minor", amount)
+
+    def scopes(self, draft: MDraft) -> list[tuple[str, tuple[int | None, int | None]]]:
+        scopes = [(f"category:{draft.category}", self.category_limits(draft.category))]
+        if draft.agent in AGENT_LIMITS:
+            scopes.append((f"agent:{draft.agent}", AGENT_LIMITS[draft.agent]))
+        return scopes
+
+    @staticmethod
+    def fits(used: list[int], limits: tuple[int | None, int | None], amount: int) -> bool:
+        count_cap, amount_cap = limits
+        return (count_cap is None or used[0] + 1 <= count_cap) and (
+            amount_cap is None or used[1] + amount <= amount_cap
+        )
+
+    def try_reserve(self, draft: MDraft, amount: int | None, day: str) -> bool:
+        scopes = self.scopes(draft)
+        if not all(self.fits(self.usage.get((s, day), [0, 0]), limits, amount or 0) for s, limits in scopes):
+            return False
+        for scope, limits in scopes:
+            used = self.usage.setdefault((scope, day), [0, 0])
+            used[0] += 1
+            used[1] += amount or 0
+            self.bound[(scope, day)] = limits
+        return True
+
+    def release(self, draft: MDraft) -> None:
+        assert draft.reservation_day is not None
+        for scope, _ in self.scopes(draft):
+            used = self.usage.get((scope, draft.reservation_day))
+            if used and used[0] >= 1:
+                used[0] -= 1
+                used[1] = max(used[1] - (draft.amount or 0), 0)
+
+    def set_paused(self, agent: str, value: bool) -> None:
+        self.paused[agent] = value
+        self.timeline.record(self.now, f"paused:{agent}", value)
+
+    def set_pause_all(self, value: bool) -> None:
+        self.pause_all = value
+        self.timeline.record(self.now, "pause:all", value)
+
+    def set_mode(self, category: str, value: dict[str, Any] | None) -> None:
+        self.modes[category] = value
+        self.timeline.record(self.now, f"mode:{category}", value)
+
+    def event(self, action: str, subject: str) -> None:
+        self.audit.append((action, subject))
+
+    def changed(self, draft: MDraft, to: str, action: str) -> None:
+        draft.status = to
+        self.event(action, draft.id)
+
+    def pick(self, index: int, *statuses: str, category: str | None = None) -> MDraft | None:
+        candidates = [
+            d
+            for d in self.drafts.values()
+            if (not statuses or d.status in statuses) and category in (None, d.category)
+        ]
+        return candidates[index % len(candidates)] if candidates else None
+
+    @staticmethod
+    def reviewer(user: str) -> policy.Reviewer:
+        return policy.Reviewer(user, deleted=user == "U0GONE", is_guest=user == "U0GUEST")
+
+    # -- rules -----------------------------------------------------------------------------
+
+    @initialize(start=st.sampled_from(STARTS), first=st.lists(SUBMISSIONS, min_size=1, max_size=4))
+    def start(self, start: datetime, first: list[Submission]) -> None:
+        """Set the clock near a day boundary and start with a few drafts already submitted."""
+        self.clock.now = start
+        for submission in first:
+            self.submit(*submission)
+
+    def _draft_in(self, category: str, amount: str | None, requested_by: str | None) -> DraftIn:
+        if category == "refund":
+            fields: dict[str, Any] = {
+                "summary": "Refund for order 1234",
+                "body": "We refunded the order to your original payment method.",
+                "context": f"Customer: please refund my order of ${amount}.",
+                "amount": amount,
+            }
+        else:
+            fields = {
+                "summary": "Where is my order",
+                "body": "Thanks for writing in: your order ships tomorrow.",
+                "context": "Customer: where is my order?",
+            }
+        if requested_by is not None:
+            fields["requested_by"] = requested_by
+        return DraftIn.model_validate({"category": category, **fields})
+
+    @rule(submission=SUBMISSIONS)
+    def submit_draft(self, submission: Submission) -> None:
+        self.submit(*submission)
+
+    def submit(
+        self, agent: str, category: str, amount: str, requested_by: str | None, key: str | None
+    ) -> None:
+        self.tick()
+        self._submit(
+            agent, self._draft_in(category, amount if category == "refund" else None, requested_by), key
+        )
+
+    @precondition(lambda self: self.keys)
+    @rule(index=st.integers(0, 50), same=st.sampled_from((True, True, False)))
+    def submit_again_with_the_same_key(self, index: int, same: bool) -> None:
+        """A retried request: the same Idempotency-Key with the same body, or with a changed one."""
+        self.tick()
+        (agent, key) = sorted(self.keys)[index % len(self.keys)]
+        first = self.keys[(agent, key)][2]
+        body = first["draft_in"]
+        if not same:
+            amount = "31.00" if body.get("amount") != "31.00" else "32.00"
+            body = body | {"category": "refund", "amount": amount, "context": "Customer: refund $31."}
+        self._submit(agent, DraftIn.model_validate(body), key)
+
+    def _submit(self, agent: str, draft_in: DraftIn, key: str | None) -> None:
+        fingerprint = intake.request_fingerprint(draft_in)
+        stored = self.keys.get((agent, key)) if key is not None else None
+        if stored is not None and stored[0] > self.now - IDEMPOTENCY_RETENTION:
+            if stored[1] != fingerprint:
+                with pytest.raises(IdempotencyMismatch):
+                    self._call_submit(agent, draft_in, key)
+                return
+            status, body = self._call_submit(agent, draft_in, key)
+            assert (status, body) == (202, stored[2]["answer"]), "a replay must repeat the stored answer"
+            return
+        status, body = self._call_submit(agent, draft_in, key)
+        assert status == 202
+        category = draft_in.category
+        amount = None if draft_in.amount is None else minor(draft_in.amount)
+        day = local_day(self.now)
+        if self.paused[agent] or self.pause_all:
+            reason: str | None = "agent_paused"
+        elif self.manual(category):
+            reason = "category_manual"
+        elif not self.fits(
+            self.usage.get((f"category:{category}", day), [0, 0]), self.category_limits(category), amount or 0
+        ):
+            reason = "over_cap"
+        else:
+            reason = None
+        expected = {"id": body["id"], "status": "manual" if reason else "pending", "url": body["url"]}
+        if reason:
+            expected["reason"] = reason
+        assert body == expected
+        observe(f"submit: {reason or 'pending'}")
+        assert body["id"] not in self.drafts
+        high_risk = amount is not None and amount > MAX_AMOUNT
+        self.drafts[body["id"]] = MDraft(
+            id=body["id"],
+            agent=agent,
+            category=category,
+            amount=amount,
+            body=draft_in.body,
+            requested_by=draft_in.requested_by,
+            status=expected["status"],
+            expires_at=self.now + EXPIRE_AFTER[category],
+            approvals_needed=2 if high_risk or (amount or 0) > TWO_PERSON_ABOVE else 1,
+        )
+        self.event("draft.submitted", body["id"])
+        if key is not None:
+            answer = {"answer": body, "draft_in": draft_in.model_dump(exclude_none=True)}
+            self.keys[(agent, key)] = (self.now, fingerprint, answer)
+
+    def _call_submit(self, agent: str, draft_in: DraftIn, key: str | None) -> tuple[int, dict[str, Any]]:
+        return intake.submit(
+            self.rt, agent=self.agents[agent], draft=draft_in, key=key, base_url="http://cs.test"
+        )
+
+    @precondition(lambda self: any(d.status == "pending" for d in self.drafts.values()))
+    @rule(
+        index=st.integers(0, 50),
+        user=st.sampled_from(("U0ALICE", "U0BOB", "U0ADMIN")),
+        edit_body=st.sampled_from((False, False, True)),
+        edit_amount=st.sampled_from(EDITED_AMOUNTS),
+    )
+    def approve_pending(self, index: int, user: str, edit_body: bool, edit_amount: Decimal | None) -> None:
+        """A reviewer approves (or edits and approves) a pending draft's current version; a draft
+        waiting for its second approval is picked first every other time."""
+        waiting = [d for d in self.drafts.values() if d.status == "pending" and d.first_approver]
+        draft = waiting[index % len(waiting)] if waiting and index % 2 else self.pick(index, "pending")
+        assert draft is not None
+        self.approve(draft, user, False, edit_body, edit_amount)
+
+    @precondition(lambda self: self.drafts)
+    @rule(
+        index=st.integers(0, 50),
+        user=st.sampled_from(USERS),
+        stale=st.sampled_from((False, False, True)),
+        edit_body=st.sampled_from((False, False, True)),
+        edit_amount=st.sampled_from(EDITED_AMOUNTS),
+    )
+    def approve_anything(
+        self, index: int, user: str, stale: bool, edit_body: bool, edit_amount: Decimal | None
+    ) -> None:
+        """Anyone clicks Approve on any draft's message, possibly a stale one."""
+        draft = self.pick(index)
+        assert draft is not None
+        self.approve(draft, user, stale, edit_body, edit_amount)
+
+    def approve(
+        self, draft: MDraft, user: str, stale: bool, edit_body: bool, edit_amount: Decimal | None
+    ) -> None:
+        self.tick()
+        if draft.category != "refund":
+            edit_amount = None
+        version = draft.version + (1 if stale else 0)
+        body = "Edited: we refunded your order." if edit_body else None
+        expected = self._expected_approval(draft, user, version, body, edit_amount)
+        observe(f"approve: {expected}")
+        try:
+            outcome = decisions.approve(
+                self.rt,
+                draft_id=draft.id,
+                version=version,
+                user=user,
+                reviewers=REVIEWERS[draft.category],
+                reviewer=self.reviewer(user),
+                edited_body=body,
+                edited_amount=edit_amount,
+            )
+        except DecisionRefused as refused:
+            assert expected.startswith(("refused", "denied")), (
+                f"refused ({refused.message}), model expected {expected}"
+            )
+            if expected == "denied":
+                self.event("draft.approve_denied", draft.id)
+            return
+        assert expected in ("first", "approved"), f"approved ({outcome.message}), model expected {expected}"
+        assert outcome.final == (expected == "approved")
+        self._apply_approval(draft, user, body, edit_amount, final=outcome.final)
+
+    def _expected_approval(
+        self, draft: MDraft, user: str, version: int, body: str | None, edit_amount: Decimal | None
+    ) -> str:
+        """What the use-case must do: approved, first (of two), denied (audited) or refused: why."""
+        if version != draft.version:
+            return "refused: stale message"
+        if user in ("U0GONE", "U0GUEST") or user not in REVIEWERS[draft.category]:
+            return "denied"
+        if user == draft.requested_by:
+            return "denied"
+        if draft.status != "pending":
+            return "refused: already decided"
+        if draft.expires_at <= self.now:
+            return "refused: overdue"
+        if self.blocked(draft):
+            return "refused: paused or manual"
+        amount = draft.amount if edit_amount is None else minor(edit_amount)
+        if edit_amount is not None and minor(edit_amount) > MAX_AMOUNT:
+            return "refused: edited amount over the limit"
+        needs_two = draft.approvals_needed == 2 or (amount or 0) > TWO_PERSON_ABOVE
+        if needs_two and draft.first_approver is None:
+            return "first"
+        if needs_two and draft.first_approver == user:
+            return "refused: same person twice"
+        if (
+            needs_two
+            and SECOND_EDIT_RESTARTS_APPROVAL
+            and (body or draft.body, amount) != (draft.body, draft.amount)
+        ):
+            return "first"  # the editor's approval is the first one on the new version
+        fits = all(
+            self.fits(self.usage.get((scope, local_day(self.now)), [0, 0]), limits, amount or 0)
+            for scope, limits in self.scopes(draft)
+        )
+        return "approved" if fits else "refused: over a cap"
+
+    def _apply_approval(
+        self, draft: MDraft, user: str, body: str | None, edit_amount: Decimal | None, *, final: bool
+    ) -> None:
+        amount = draft.amount if edit_amount is None else minor(edit_amount)
+        if not final:
+            if (body or draft.body, amount) != (draft.body, draft.amount):
+                draft.version += 1
+            draft.first_approver = user
+            draft.approvals_needed = 2
+            draft.amount = amount
+            draft.body = body or draft.body
+            self.event("draft.first_approval", draft.id)
+            return
+        draft.amount = amount
+        day = local_day(self.now)
+        assert self.try_reserve(draft, amount, day)
+        draft.reservation_day = day
+        draft.decided_by, draft.decided_at = user, self.now
+        if draft.category == "refund":
+            draft.executor_jobs += 1
+        self.changed(draft, "approved", "draft.approved")
+
+    @precondition(lambda self: self.drafts)
+    @rule(
+        index=st.integers(0, 50),
+        user=st.sampled_from(("U0ALICE", "U0BOB", "U0ADMIN", "U0CAROL", "U0OUT", "U0GUEST")),
+        stale=st.sampled_from((False, False, False, True)),
+    )
+    def reject(self, index: int, user: str, stale: bool) -> None:
+        """A reviewer (or not) rejects with a reason; the requester may reject."""
+        self.tick()
+        draft = self.pick(index, "pending") if index % 4 else self.pick(index)
+        if draft is None:
+            return
+        version = draft.version + (1 if stale else 0)
+        if version != draft.version:
+            expected = "refused"
+        elif user in ("U0GONE", "U0GUEST") or user not in REVIEWERS[draft.category]:
+            expected = "denied"  # the requester may reject: only approving is barred
+        else:
+            expected = "rejected" if draft.status == "pending" else "refused"
+        observe(f"reject: {expected}")
+        try:
+            decisions.reject(
+                self.rt,
+                draft_id=draft.id,
+                version=version,
+                user=user,
+                reviewers=REVIEWERS[draft.category],
+                reviewer=self.reviewer(user),
+                reason="wrong order",
+            )
+        except DecisionRefused:
+            assert expected != "rejected"
+            if expected == "denied":
+                self.event("draft.reject_denied", draft.id)
+            return
+        assert expected == "rejected"
+        draft.decided_by, draft.decided_at = user, self.now
+        self.changed(draft, "rejected", "draft.rejected")
+        self._rejection_breaker(draft.agent)
+
+    def _rejection_breaker(self, agent: str) -> None:
+        """The automatic brake (bot/watchdogs.py) with the default [agents] tuning."""
+        if self.paused[agent]:
+            return
+        decided = [
+            d for d in self.drafts.values() if d.agent == agent and d.status in DECIDED and d.decided_at
+        ]
+        recent = sorted(decided, key=lambda d: d.decided_at or self.now, reverse=True)[:BREAKER_WINDOW]
+        rejected = [d for d in recent if d.status == "rejected"]
+        burst = [d for d in rejected if d.decided_at and d.decided_at >= self.now - BREAKER_BURST_WINDOW]
+        ratio = len(recent) >= BREAKER_WINDOW and len(rejected) >= Decimal("0.30") * len(recent)
+        if ratio or len(burst) >= BREAKER_BURST:
+            observe("rejection breaker paused an agent")
+            self.set_paused(agent, True)
+            self.event("agent.paused", f"agent:{agent}")
+
+    @precondition(
+        lambda self: any(d.status in ("failed", "needs_reconciliation") for d in self.drafts.values())
+    )
+    @rule(index=st.integers(0, 50), user=st.sampled_from(("U0ALICE", "U0BOB", "U0ADMIN", "U0OUT")))
+    def retry(self, index: int, user: str) -> None:
+        self.tick()
+        draft = self.pick(index, "failed", "needs_reconciliation")
+        assert draft is not None
+        day = local_day(self.now)
+        if user not in REVIEWERS[draft.category] or user == draft.requested_by:
+            expected = "denied"
+        elif draft.category != "refund" or self.blocked(draft):
+            expected = "refused"  # nothing to retry without an executor
+        elif draft.status == "failed" and not self.try_reserve(draft, draft.amount, day):
+            expected = "refused"
+        else:
+            expected = "retried"
+        try:
+            decisions.retry(
+                self.rt,
+                draft_id=draft.id,
+                version=draft.version,
+                user=user,
+                reviewers=REVIEWERS[draft.category],
+                reviewer=self.reviewer(user),
+            )
+        except DecisionRefused:
+            assert expected != "retried"
+            if expected == "denied":
+                self.event("draft.retry_denied", draft.id)
+            return
+        assert expected == "retried"
+        observe(f"retry from {draft.status}")
+        if draft.status == "failed":
+            draft.reservation_day = day
+        draft.executor_jobs += 1
+        self.changed(draft, "approved", "draft.retry")
+
+    @precondition(lambda self: self.drafts)
+    @rule(index=st.integers(0, 50), outcome=st.sampled_from(("ok", "ok", "failed", "unknown")))
+    def action_outcome(self, index: int, outcome: str) -> None:
+        """An approved action is carried out: by the executor for refunds, by the agent for replies."""
+        self.tick()
+        approved = self.pick(index, "approved")
+        draft = approved if approved is not None and index % 4 else self.pick(index)
+        assert draft is not None
+        if draft.category == "reply":
+            self.agent_reports_done(draft, ok=outcome == "ok")
+        else:
+            self.executor_answers(draft, outcome)
+
+    def executor_answers(self, draft: MDraft, outcome: str) -> None:
+        """The outbox worker's attempt: the same gate (`_begin`), then the recorded answer."""
+        jobs = WebhookJobs(self.rt)
+        if draft.status == "approved" and self.blocked(draft):
+            with pytest.raises(RetryLater):
+                jobs._begin(draft.id)
+            return
+        attempt = jobs._begin(draft.id)
+        if draft.status != "approved":
+            assert attempt is None
+            return
+        assert attempt is not None and attempt.draft_id == draft.id
+        observe(f"executor: {outcome}")
+        draft.attempts += 1
+        if outcome == "ok":
+            jobs._finish(draft.id, ok=True, error=None)
+            self.executor_failures = 0
+            self.changed(draft, "executed", "draft.executed")
+            return
+        unknown = outcome == "unknown"
+        jobs._finish(draft.id, ok=False, error="HTTP 500: down", unknown=unknown)
+        self.executor_failures += 1
+        if self._executor_breaker_trips():
+            observe("executor breaker switched refund to manual")
+            self.set_mode("refund", {"mode": "manual", "until": None})
+            self.event("category.manual", "category:refund")
+        if unknown:
+            self.changed(draft, "needs_reconciliation", "draft.needs_reconciliation")
+        else:
+            self.release(draft)
+            self.changed(draft, "failed", "draft.failed")
+
+    def _executor_breaker_trips(self) -> bool:
+        mode = self.modes["refund"]
+        if not BREAKER_TRIPS_AGAIN:
+            return self.executor_failures == BREAKER_THRESHOLD and mode is None
+        if self.executor_failures < BREAKER_THRESHOLD or (mode is not None and mode["until"] is None):
+            return False
+        self.executor_failures = 0
+        return True
+
+    def agent_reports_done(self, draft: MDraft, ok: bool) -> None:
+        """For a category without an executor the agent acts, then reports what happened."""
+        agent = self.agents[draft.agent]
+        if draft.status != "approved":
+            with pytest.raises(Conflict):
+                drafts.report_done(self.rt, agent=agent, draft_id=draft.id, done=DoneIn(ok=ok))
+            return
+        view = drafts.report_done(self.rt, agent=agent, draft_id=draft.id, done=DoneIn(ok=ok))
+        draft.attempts += 1
+        if ok:
+            self.changed(draft, "executed", "draft.executed")
+        else:
+            self.release(draft)
+            self.changed(draft, "failed", "draft.failed")
+        assert view["status"] == draft.status
+
+    @precondition(lambda self: self.drafts)
+    @rule(index=st.integers(0, 50), own=st.sampled_from((True, True, False)))
+    def withdraw(self, index: int, own: bool) -> None:
+        self.tick()
+        draft = self.pick(index, "pending") if index % 3 else self.pick(index)
+        if draft is None:
+            return
+        caller = draft.agent if own else next(a for a in AGENTS if a != draft.agent)
+        if not own:
+            with pytest.raises(NotFound):  # another agent's draft does not exist for it
+                drafts.cancel(self.rt, agent=self.agents[caller], draft_id=draft.id)
+            return
+        if draft.status != "pending":
+            with pytest.raises(Conflict):
+                drafts.cancel(self.rt, agent=self.agents[caller], draft_id=draft.id)
+            return
+        view = drafts.cancel(self.rt, agent=self.agents[caller], draft_id=draft.id)
+        assert view["status"] == "cancelled"
+        self.changed(draft, "cancelled", "draft.cancelled")
+
+    @rule(step=st.sampled_from(STEPS), restart=st.sampled_from((False, False, False, True)))
+    def time_passes(self, step: timedelta, restart: bool) -> None:
+        """The clock moves on (maybe across midnight or the DST change), the server maybe restarts,
+        and its periodic jobs run: expiry, then the end of time-boxed manual modes."""
+        self.clock.advance(seconds=step.total_seconds())
+        if restart:  # a new process: nothing but the database carries over
+            self.engine.dispose()
+            self.engine = create_db_engine(self.settings.database_url, pool_size=2)
+            self.rt = self._runtime()
+        self.tick()
+        due = [d for d in self.drafts.values() if d.status == "pending" and d.expires_at <= self.now]
+        assert decisions.expire_due(self.rt) == len(due)
+        for draft in due:
+            draft.decided_at = self.now
+            self.changed(draft, "expired", "draft.expired")
+        lapsed = [c for c in CATEGORIES if (self.modes[c] or {}).get("until") and not self.manual(c)]
+        assert self.control().revert_lapsed() == len(lapsed)
+        for category in lapsed:
+            self.set_mode(category, None)
+            self.event("category.review", f"category:{category}")
+
+    def control(self) -> Control:
+        return Control(self.rt, directory=None)  # type: ignore[arg-type]  # not needed by these methods
+
+    @rule(switch=st.sampled_from(SWITCHES))
+    def slash_command(self, switch: tuple[Any, ...]) -> None:
+        """`/agent pause|resume|manual|review|cap`, as acknowledged to an authorized user."""
+        self.tick()
+        verb, *args = switch
+        getattr(self, f"_{verb}")(*args)
+
+    def _pause(self, who: str, user: str) -> None:
+        self.control().pause(user, [who, "looks", "wrong"])
+        if who == "all":
+            self.set_pause_all(True)
+        else:
+            self.set_paused(who, True)
+        self.event("agent.paused", f"agent:{who}")
+
+    def _resume(self, who: str) -> None:
+        self.control().resume("U0ADMIN", [who])
+        if who == "all":
+            if not self.pause_all:
+                return
+            self.set_pause_all(False)
+        else:
+            self.set_paused(who, False)
+        self.event("agent.resumed", f"agent:{who}")
+
+    def _manual(self, category: str, duration: timedelta | None) -> None:
+        words = [] if duration is None else [f"{int(duration.total_seconds() // 60)}m"]
+        self.control().manual("U0BOB", [category, *words])
+        until = None if duration is None else self.now + duration
+        self.set_mode(category, {"mode": "manual", "until": until})
+        self.event("category.manual", f"category:{category}")
+
+    def _review(self, category: str) -> None:
+        self.control().review("U0ADMIN", [category])
+        self.set_mode(category, None)
+        self.event("category.review", f"category:{category}")
+
+    def _cap(self, category: str, count: int | None, amount: str | None) -> None:
+        args = [category]
+        change: dict[str, int] = {}
+        if count is not None:
+            args.append(f"count={count}")
+            change["count_cap"] = count
+        if amount is not None:
+            args.append(f"amount={amount}")
+            change["amount_cap_minor"] = minor(amount)
+        self.control().set_cap("U0ADMIN", args)
+        self.cap_override[category] |= change
+        self.event("category.cap", f"category:{category}")
+
+    # -- invariants ------------------------------------------------------------------------
+
+    @invariant()
+    def database_agrees_with_the_model(self) -> None:
+        with self.engine.connect() as conn:
+            rows = {row.id: row for row in conn.execute(sa.select(Draft.__table__))}  # type: ignore[attr-defined]
+            usage = {
+                (row.scope, row.day): [row.count_used, row.amount_used_minor]
+                for row in conn.execute(sa.select(CapUsage.__table__))  # type: ignore[attr-defined]
+            }
+            trail = [
+                (row.action, row.subject)
+                for row in conn.execute(
+                    sa.select(AuditEvent.action, AuditEvent.subject).order_by(AuditEvent.seq)  # type: ignore[arg-type]
+                )
+            ]
+            jobs: dict[str, int] = {}
+            for (payload,) in conn.execute(
+                sa.select(OutboxJob.payload).where(OutboxJob.kind == "executor.call")  # type: ignore[arg-type]
+            ):
+                draft_id = json.loads(payload)["draft_id"]
+                jobs[draft_id] = jobs.get(draft_id, 0) + 1
+        assert set(rows) == set(self.drafts)
+        for draft_id, model in self.drafts.items():
+            row = rows[draft_id]
+            seen = (
+                row.status,
+                row.version,
+                row.amount_minor,
+                row.body,
+                row.first_approver,
+                row.approvals_needed,
+            )
+            want = (
+                model.status,
+                model.version,
+                model.amount,
+                model.body,
+                model.first_approver,
+                model.approvals_needed,
+            )
+            assert seen == want, f"{draft_id}: database {seen} != model {want}"
+            if model.status in (*HELD, "failed"):
+                assert row.reservation_day == model.reservation_day, draft_id
+                assert (row.decided_by, row.decided_at) == (model.decided_by, model.decided_at), draft_id
+            assert row.execution_attempts == model.attempts, draft_id
+            assert jobs.get(draft_id, 0) == model.executor_jobs, f"{draft_id}: executor jobs"
+            self._check_decision(row)
+        self._check_caps(rows, usage)
+        assert trail == self.audit, "the audit log differs from the expected events"
+
+    def _check_decision(self, row: Any) -> None:
+        if row.status not in ("approved", "executed", "failed", "needs_reconciliation"):
+            return
+        reviewers = REVIEWERS[row.category] - {"U0GUEST", "U0GONE"}
+        approvers = [row.decided_by] if row.approvals_needed == 1 else [row.first_approver, row.decided_by]
+        assert all(a in reviewers for a in approvers), f"{row.id}: approved by {approvers}"
+        assert row.requested_by not in approvers, f"{row.id}: the requester approved"
+        assert len(set(approvers)) == len(approvers), f"{row.id}: one person gave both approvals"
+        if row.amount_minor is not None and row.amount_minor > TWO_PERSON_ABOVE:
+            assert row.approvals_needed == 2, f"{row.id}: above the two-person threshold with one approver"
+        # Never approved, nor executed, while the agent was paused or the category manual.
+        moments = [("approved", row.decided_at)]
+        if row.status == "executed" and row.category == "refund":
+            moments.append(("executed", row.updated_at))
+        agent = next(name for name, a in self.agents.items() if a.id == row.agent_id)
+        for what, at in moments:
+            assert not self.timeline.value(f"paused:{agent}", at), f"{row.id} {what} while {agent} was paused"
+            assert not self.timeline.value("pause:all", at), f"{row.id} {what} while everything was paused"
+            assert not self.manual(row.category, at), f"{row.id} {what} while {row.category} was manual"
+
+    def _check_caps(self, rows: dict[str, Any], usage: dict[tuple[str, str], list[int]]) -> None:
+        held: dict[tuple[str, str], list[int]] = {}
+        for model in self.drafts.values():
+            if model.status in HELD:
+                for scope, _ in self.scopes(model):
+                    used = held.setdefault((scope, model.reservation_day or "?"), [0, 0])
+                    used[0] += 1
+                    used[1] += model.amount or 0
+        for key in set(usage) | set(held):
+            assert usage.get(key, [0, 0]) == held.get(key, [0, 0]), f"cap usage {key}"
+            assert usage.get(key, [0, 0]) == self.usage.get(key, [0, 0]), f"cap usage {key} vs model"
+            count_cap, amount_cap = self.bound.get(key, (None, None))
+            count, amount = usage.get(key, [0, 0])
+            assert count_cap is None or count <= count_cap, f"{key}: count {count} over cap {count_cap}"
+            assert amount_cap is None or amount <= amount_cap, f"{key}: amount {amount} over cap {amount_cap}"
+
+    @invariant()
+    def audit_chain_verifies(self) -> None:
+        result = audit.verify(self.engine)
+        assert result.ok, result
+
+
+@pytest.mark.parametrize("db_kind", ["sqlite", "postgresql"])
+def test_review_loop_matches_its_model(db_kind: str) -> None:
+    machine = type(f"ReviewLoop_{db_kind}", (ReviewLoop,), {"DB_KIND": db_kind})
+    run_state_machine_as_test(machine, settings=SETTINGS)
+
+
+def test_local_day_model_matches_the_dst_calendar() -> None:
+    """The model's own day key: 2026-11-01 in New York is 25 hours long."""
+    assert local_day(datetime(2026, 11, 1, 3, 59, tzinfo=UTC)) == "2026-10-31"
+    assert local_day(datetime(2026, 11, 1, 4, 0, tzinfo=UTC)) == "2026-11-01"
+    assert local_day(datetime(2026, 11, 2, 4, 59, tzinfo=UTC)) == "2026-11-01"
+    assert local_day(datetime(2026, 11, 2, 5, 0, tzinfo=UTC)) == "2026-11-02"
+    assert date.fromisoformat(local_day(DST_END)) == date(2026, 11, 1)
+
+
+# -- Gaps the model found; each test states the rule, fails today, and passes with the proposed fix.
+# The model above follows the current behaviour at these two points (see the comments there).
+
+
+def _refund(rt: Runtime, amount: str) -> str:
+    agent = agents.authenticate(rt, agents.rotate(rt, name="support-bot"))
+    draft_in = DraftIn.model_validate(
+        {
+            "category": "refund",
+            "summary": "Refund",
+            "body": "We refunded the order to your original payment method.",
+            "context": f"Customer: please refund my order of ${amount}.",
+            "amount": amount,
+        }
+    )
+    _, created = intake.submit(rt, agent=agent, draft=draft_in, key=None, base_url="")
+    return str(created["id"])
+
+
+def _approve(rt: Runtime, draft_id: str, user: str, **edits: Any) -> decisions.Outcome:
+    with rt.engine.connect() as conn:
+        version = conn.execute(sa.select(Draft.version).where(Draft.id == draft_id)).scalar_one()  # type: ignore[arg-type]
+    return decisions.approve(
+        rt,
+        draft_id=draft_id,
+        version=version,
+        user=user,
+        reviewers=REVIEWERS["refund"],
+        reviewer=policy.Reviewer(user),
+        **edits,
+    )
+
+
+def _status(rt: Runtime, draft_id: str) -> str:
+    with rt.engine.connect() as conn:
+        return str(conn.execute(sa.select(Draft.status).where(Draft.id == draft_id)).scalar_one())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("edits", [{"edited_amount": Decimal("290.00")}, {"edited_body": "Changed."}])
+def test_an_edit_by_the_second_approver_needs_another_approval(rt: Runtime, edits: dict[str, Any]) -> None:
+    agents.add(rt, name="support-bot", categories=["refund"], callback_prefixes=[])
+    draft_id = _refund(rt, "250.00")
+    assert not _approve(rt, draft_id, "U0ALICE").final  # first of two, on 250.00 as submitted
+    with contextlib.suppress(DecisionRefused):  # refusing the edit is one acceptable fix
+        _approve(rt, draft_id, "U0BOB", **edits)
+    # Nobody but Bob has seen the edited version: it must not be approved yet.
+    assert _status(rt, draft_id) != "approved"
+
+
+def test_executor_breaker_trips_again_after_an_admin_returns_the_category(rt: Runtime) -> None:
+    agents.add(rt, name="support-bot", categories=["refund"], callback_prefixes=[])
+    jobs = WebhookJobs(rt)
+    control = Control(rt, directory=None)  # type: ignore[arg-type]
+
+    def fail_one() -> None:
+        draft_id = _refund(rt, "30.00")
+        assert _approve(rt, draft_id, "U0ALICE").final
+        assert jobs._begin(draft_id) is not None
+        jobs._finish(draft_id, ok=False, error="HTTP 500: down")
+
+    for _ in range(BREAKER_THRESHOLD):
+        fail_one()
+    with rt.engine.connect() as conn:
+        assert "mode:refund" in {k for (k,) in conn.execute(sa.text("SELECT key FROM control_state"))}
+    control.review("U0ADMIN", ["refund"])  # the admin believes the executor is fixed; it is not
+    for _ in range(BREAKER_THRESHOLD):
+        fail_one()
+    with rt.engine.connect() as conn:
+        keys = {k for (k,) in conn.execute(sa.text("SELECT key FROM control_state"))}
+    assert "mode:refund" in keys, "five more consecutive failures must switch refund to manual again"
