@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -49,14 +50,15 @@ async def test_slack_delivery_failures_show_in_metrics(db_url: str, tmp_path: Pa
         created = await h.submit()
         await h.posted(created["id"])
 
-        values = samples(await (await h.client.get("/metrics")).text())
-        assert (
-            values[("countersign_delivery_attempts_total", (("outcome", "retry"), ("target", "slack")))] >= 1
-        )
-        assert (
-            values[("countersign_delivery_attempts_total", (("outcome", "delivered"), ("target", "slack")))]
-            >= 1
-        )
+        retried = ("countersign_delivery_attempts_total", (("outcome", "retry"), ("target", "slack")))
+        delivered = ("countersign_delivery_attempts_total", (("outcome", "delivered"), ("target", "slack")))
+        # The message is stored a moment before the delivery is counted: poll the scrape.
+        for _ in range(200):
+            values = samples(await (await h.client.get("/metrics")).text())
+            if values.get(delivered):
+                break
+            await asyncio.sleep(0.05)
+        assert values[retried] >= 1 and values[delivered] >= 1
 
 
 async def test_secrets_never_appear_in_logs_or_error_responses(db_url: str, tmp_path: Path) -> None:
