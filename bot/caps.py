@@ -46,19 +46,21 @@ class Usage:
         return " · ".join(parts)
 
 
-def limits(session: Session, category: Category) -> tuple[int | None, int | None]:
-    """(count cap, amount cap in minor units): a human override from `/agent cap` wins over config."""
-    return limits_from(category, queries.get_control(session, f"cap:{category.name}"))
+def limits(session: Session, category: Category, day: str) -> tuple[int | None, int | None]:
+    """(count cap, amount cap in minor units) on `day`: `/agent cap` overrides config for the day it was set."""
+    return limits_from(category, queries.get_control(session, f"cap:{category.name}"), day)
 
 
-def limits_from(category: Category, override: dict[str, Any] | None) -> tuple[int | None, int | None]:
+def limits_from(
+    category: Category, override: dict[str, Any] | None, day: str
+) -> tuple[int | None, int | None]:
     """The same, given the override switch already read."""
     exponent = currency_exponent(category.currency)
     count_cap = category.daily_count_cap
     amount_cap = (
         None if category.daily_amount_cap is None else policy.to_minor(category.daily_amount_cap, exponent)
     )
-    if override:
+    if override and override.get("day") == day:
         count_cap = override.get("count_cap", count_cap)
         amount_cap = override.get("amount_cap_minor", amount_cap)
     return count_cap, amount_cap
@@ -67,7 +69,7 @@ def limits_from(category: Category, override: dict[str, Any] | None) -> tuple[in
 def usage(session: Session, config: Config, category: Category, now: datetime) -> Usage:
     """Today's usage of one category in the configured zone."""
     day = policy.cap_day(now, config.timezone)
-    count_cap, amount_cap = limits(session, category)
+    count_cap, amount_cap = limits(session, category, day)
     count_used, amount_used = queries.cap_usage(session, scope(category.name), day)
     return Usage(
         category=category.name,
@@ -93,7 +95,7 @@ def reserve(
     Returns None when it fits, else which cap refused it; the caller rolls the transaction
     back, so a reservation that fit one cap but not the other leaves nothing behind.
     """
-    count_cap, amount_cap = limits(session, category)
+    count_cap, amount_cap = limits(session, category, day)
     if (
         queries.reserve_cap(
             session,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shlex
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,6 +28,8 @@ from storage.db import transaction
 from storage.tables import Agent, Draft
 
 log = logging.getLogger(__name__)
+
+COUNT = re.compile(r"[0-9]{1,7}")
 
 HELP = """*`/agent` — Countersign controls*
 • `/agent status` — agents, categories, pending work
@@ -322,7 +325,7 @@ class Control:
         change: dict[str, Any] = {}
         for arg in args[1:]:
             key, _, value = arg.partition("=")
-            if key == "count" and value.isdigit() and 0 < int(value) <= 1_000_000:
+            if key == "count" and COUNT.fullmatch(value) and 0 < int(value) <= 1_000_000:
                 change["count_cap"] = int(value)
             elif key == "amount":
                 try:
@@ -335,9 +338,12 @@ class Control:
         if not change:
             raise Refused("Give count=N and/or amount=X.")
         now = self.rt.clock()
+        day = policy.cap_day(now, self.rt.config.timezone)
         with transaction(self.rt.engine) as session:
             before = queries.get_control(session, f"cap:{category_name}") or {}
-            queries.set_control(session, f"cap:{category_name}", before | change, by=user, at=now)
+            # An override is for today only; yesterday's is dropped, not carried over.
+            after = (before if before.get("day") == day else {}) | change | {"day": day}
+            queries.set_control(session, f"cap:{category_name}", after, by=user, at=now)
             audit.append(
                 session,
                 at=now,
@@ -345,7 +351,7 @@ class Control:
                 action="category.cap",
                 subject=f"category:{category_name}",
                 before=before,
-                after=before | change,
+                after=after,
             )
             usage = caps.usage(session, self.rt.config, category, now)
             _announce(

@@ -189,7 +189,7 @@ def _caps(session: Session, rt: Runtime, day: date) -> list[str]:
     for name, category in sorted(rt.config.categories.items()):
         if category.daily_count_cap is None and category.daily_amount_cap is None:
             continue
-        count_cap, amount_cap = caps.limits(session, category)
+        count_cap, amount_cap = caps.limits(session, category, day.isoformat())
         count_used, amount_used = queries.cap_usage(session, caps.scope(name), day.isoformat())
         usage = caps.Usage(
             category=name,

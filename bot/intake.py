@@ -22,7 +22,7 @@ from pydantic_core import PydanticUndefined
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from bot import audit, caps, crashpoints, policy
+from bot import audit, caps, crashpoints, netguard, policy
 from bot.errors import CountersignError, Forbidden, IdempotencyMismatch, Invalid
 from bot.risk import RiskRules, check_rules, risk_level
 from bot.runtime import Runtime
@@ -106,6 +106,11 @@ def prepare(rt: Runtime, *, agent: Agent, draft: DraftIn, key: str | None, base_
             raise Invalid(
                 "callback_url is not under a prefix registered for this agent", field="callback_url"
             )
+        # The host comes from the prefix; one registered before the SSRF checks may still be refused.
+        try:
+            netguard.check_url(draft.callback_url)
+        except ValueError as exc:
+            raise Invalid(f"callback_url refused: {exc}", field="callback_url") from None
     findings = check_rules(
         rules=risk_rules(category), body=draft.body, context=draft.context, amount=amount, currency=currency
     )
@@ -160,11 +165,13 @@ class _Controls:
     agents: dict[int, tuple[str, bool]]  # id -> (state, offline)
     switches: dict[str, dict[str, Any]]
     usage: dict[str, tuple[int, int]]  # scope -> (count, amount minor), today
+    day: str
 
 
 def _read_controls(session: Session, rt: Runtime, items: list[Prepared], day: str) -> _Controls:
     agent_ids = {item.agent_id for item in items}
     names = {item.category.name for item in items}
+    scopes = [caps.scope(n) for n in names] + [caps.agent_scope(item.agent_name) for item in items]
     agents = {
         row[0]: (row[1], bool(row[2]))
         for row in session.execute(
@@ -176,11 +183,11 @@ def _read_controls(session: Session, rt: Runtime, items: list[Prepared], day: st
         row[0]: (row[1], row[2])
         for row in session.execute(
             sa.select(cap_t.c.scope, cap_t.c.count_used, cap_t.c.amount_used_minor).where(
-                cap_t.c.scope.in_([caps.scope(n) for n in names]), cap_t.c.day == day
+                cap_t.c.scope.in_(scopes), cap_t.c.day == day
             )
         )
     }
-    return _Controls(agents=agents, switches=queries.get_controls(session, keys), usage=usage)
+    return _Controls(agents=agents, switches=queries.get_controls(session, keys), usage=usage, day=day)
 
 
 @dataclass
@@ -277,14 +284,24 @@ def _new_draft(rt: Runtime, item: Prepared, controls: _Controls, rows: _Rows, no
     exponent = currency_exponent(category.currency)
     amount_minor = 0 if item.amount is None else policy.to_minor(item.amount, exponent)
     state, offline = controls.agents.get(item.agent_id, ("paused", False))
-    count_cap, amount_cap = caps.limits_from(category, controls.switches.get(f"cap:{category.name}"))
+    count_cap, amount_cap = caps.limits_from(
+        category, controls.switches.get(f"cap:{category.name}"), controls.day
+    )
     count_used, amount_used = controls.usage.get(caps.scope(category.name), (0, 0))
+    tuning = rt.config.agent_policy(item.agent_name)
+    agent_count_used, agent_amount_used = controls.usage.get(caps.agent_scope(item.agent_name), (0, 0))
     view = policy.ControlView(
         agent_paused=state == "paused",
         all_paused="pause:all" in controls.switches,
         agent_offline=offline,
         category_manual=policy.is_manual(controls.switches.get(f"mode:{category.name}"), now),
         caps=policy.CapCheck(count_cap, amount_cap, count_used, amount_used),
+        agent_caps=policy.CapCheck(
+            tuning.daily_count_cap,
+            None if tuning.daily_amount_cap is None else policy.to_minor(tuning.daily_amount_cap, exponent),
+            agent_count_used,
+            agent_amount_used,
+        ),
     )
     manual_reason = policy.route_new_draft(view, amount_minor)
     draft = item.draft

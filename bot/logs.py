@@ -21,7 +21,7 @@ SECRET = re.compile(
     r"(cs_[A-Za-z0-9_-]{16,}|xox[abpsr]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+|whsec_[A-Za-z0-9+/=]+"
     r"|sk-ant-[A-Za-z0-9_-]+|(?i:bearer)\s+\S+)"
 )
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def redact(text: str) -> str:
@@ -61,7 +61,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Tag the request (and its log lines) with X-Request-Id, taken from the caller or made up."""
     given = request.headers.get("X-Request-Id", "")
-    token = request_id.set(given if REQUEST_ID.match(given) else uuid.uuid4().hex)
+    token = request_id.set(given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex)
     try:
         response = await handler(request)
         response.headers["X-Request-Id"] = request_id.get()

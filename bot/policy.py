@@ -19,7 +19,7 @@ TERMINAL = frozenset(
 )
 DECIDED = frozenset({"approved", "rejected", "executed", "failed", "needs_reconciliation"})
 
-AMOUNT_RE = re.compile(r"^(0|[1-9][0-9]{0,14})(\.[0-9]{1,4})?$")
+AMOUNT_RE = re.compile(r"(0|[1-9][0-9]{0,14})(\.[0-9]{1,4})?")
 
 
 def to_minor(amount: Decimal, exponent: int) -> int:
@@ -37,7 +37,7 @@ def format_money(minor: int, currency: str, exponent: int) -> str:
 
 def parse_api_amount(text: str, exponent: int) -> Decimal:
     """A draft's amount as the API accepts it: a plain positive decimal string, no exponent."""
-    if not AMOUNT_RE.match(text):
+    if not AMOUNT_RE.fullmatch(text):
         raise ValueError('amount must be a decimal string like "30.00"')
     value = Decimal(text)
     if value <= 0:
@@ -83,6 +83,7 @@ class ControlView:
     agent_offline: bool
     category_manual: bool
     caps: CapCheck
+    agent_caps: CapCheck = CapCheck(None, None, 0, 0)  # the agent's own [agents.NAME] caps
 
 
 def is_manual(mode: Mapping[str, Any] | None, now: datetime) -> bool:
@@ -101,7 +102,7 @@ def route_new_draft(view: ControlView, amount_minor: int) -> str | None:
         return "category_manual"
     if view.agent_offline:
         return "agent_offline"
-    if not view.caps.fits(amount_minor):
+    if not (view.caps.fits(amount_minor) and view.agent_caps.fits(amount_minor)):
         return "over_cap"
     return None
 

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-VALUE_RE = re.compile(r"^(d_[a-z2-7]{1,40}):([0-9]{1,6})$")
+VALUE_RE = re.compile(r"(d_[a-z2-7]{1,40}):([0-9]{1,6})")
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class EditForm:
 
 def parse_value(value: str) -> tuple[str, int]:
     """A button's value, `draft_id:version`; anything else is refused."""
-    match = VALUE_RE.match(value or "")
+    match = VALUE_RE.fullmatch(value or "")
     if match is None:
         raise DecisionRefused("This button is not one of Countersign's.")
     return match.group(1), int(match.group(2))

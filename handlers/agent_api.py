@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -95,6 +96,13 @@ def _json_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _json_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
 async def _json_body(request: web.Request) -> Any:
     limit = request.app[RUNTIME].config.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
@@ -103,9 +111,11 @@ async def _json_body(request: web.Request) -> Any:
     if len(raw) > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_json_constant)
+        return json.loads(raw.decode("utf-8"), parse_constant=_json_constant, parse_float=_json_float)
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply") from None
 
 
 def _idempotency_key(request: web.Request, draft: DraftIn) -> str | None:
@@ -114,7 +124,7 @@ def _idempotency_key(request: web.Request, draft: DraftIn) -> str | None:
         header = header.strip()
         if len(header) >= 2 and header[0] == header[-1] == '"':
             header = header[1:-1]  # the IETF draft sends it as a structured-field string
-        if not IDEMPOTENCY_KEY_RE.match(header):
+        if not IDEMPOTENCY_KEY_RE.fullmatch(header):
             raise BadRequest("Idempotency-Key must be 1-255 printable ASCII characters")
         if draft.idempotency_key is not None and draft.idempotency_key != header:
             raise BadRequest("Idempotency-Key header and idempotency_key field differ")
@@ -198,13 +208,20 @@ async def post_heartbeat(request: web.Request) -> web.Response:
 
 
 async def get_openapi(request: web.Request) -> web.Response:
-    """Public; with an agent's token it also narrows callback_url to that agent's registered prefixes."""
+    """Public; with a valid agent token it also narrows callback_url to that agent's prefixes.
+
+    Any other Authorization header gets the generic document: a public document never 401s.
+    """
     config = request.app[RUNTIME].config
     currencies = tuple(sorted({category.currency for category in config.categories.values()}))
     prefixes = None
     if request.headers.get("Authorization"):
-        agent = await _agent(request)
-        prefixes = tuple(json.loads(agent.callback_prefixes))
+        try:
+            agent = await _agent(request)
+        except Unauthorized:
+            pass
+        else:
+            prefixes = tuple(json.loads(agent.callback_prefixes))
     return web.json_response(spec(tuple(sorted(config.categories)), currencies, prefixes))
 
 

@@ -221,7 +221,7 @@ def spec(
                 "pattern": f"^({alternatives})[^\\x00]*$",
             }
         else:
-            del draft_in["properties"]["callback_url"]
+            draft_in["properties"]["callback_url"] = {"type": "null"}  # no prefix registered: only null
     return {
         "openapi": "3.1.0",
         "info": {"title": "Countersign agent API", "version": "1"},

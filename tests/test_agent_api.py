@@ -95,6 +95,8 @@ async def test_unknown_fields_are_rejected_without_a_write(api: Api, extra: dict
         ("1e3", "amount"),
         (" 30.00", "amount"),
         ("9" * 40, "amount"),
+        ("30.00\n", "amount"),
+        ("30.00\r", "amount"),
     ],
 )
 async def test_bad_amounts_get_422(api: Api, amount: Any, field: str) -> None:
@@ -112,7 +114,18 @@ async def test_currency_other_than_the_category_gets_422(api: Api) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", [b"{", b"[1,2", b'{"category": NaN}', b"\xff\xfe", b'{"a": Infinity}', b'"just a string"']
+    "raw",
+    [
+        b"{",
+        b"[1,2",
+        b'{"category": NaN}',
+        b"\xff\xfe",
+        b'{"a": Infinity}',
+        b'"just a string"',
+        b'{"payload": {"x": 1e400}}',
+        b'{"payload": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+    ids=["open", "unclosed", "nan", "not-utf8", "infinity", "string", "overflow", "deep"],
 )
 async def test_malformed_json_gets_400(api: Api, raw: bytes) -> None:
     response = await api.client.post(
@@ -139,6 +152,21 @@ async def test_text_no_database_can_hold_gets_422(api: Api, text: str) -> None:
     assert count(api, Draft) == 0
 
 
+@pytest.mark.parametrize(
+    "payload",
+    ['{"note": "lone \\ud800 surrogate"}', '{"lone \\udfff key": 1}', '{"a": ' + "[" * 40 + "]" * 40 + "}"],
+    ids=["value", "key", "too-deep"],
+)
+async def test_payload_no_executor_can_take_gets_422(api: Api, payload: str) -> None:
+    raw = json.dumps(REFUND)[:-1].encode() + b', "payload": ' + payload.encode() + b"}"
+    response = await api.client.post(
+        "/v1/drafts", data=raw, headers=api.auth() | {"Content-Type": "application/json"}
+    )
+    assert response.status == 422
+    assert (await response.json())["error"]["field"] == "payload"
+    assert count(api, Draft) == 0
+
+
 async def test_strange_unicode_is_stored_verbatim(api: Api) -> None:
     text = "Ｒｅｆｕｎｄ ✅ — 退款 \u202eevil\u202c 👩‍👩‍👧 <!channel> *bold*"
     _, created = await submit(api, REFUND | {"body": text})
@@ -153,9 +181,19 @@ async def test_callback_url_outside_registered_prefixes_gets_422(api: Api) -> No
     assert status == 202
 
 
-async def test_requested_by_must_be_a_slack_user_id(api: Api) -> None:
-    status, body = await submit(api, REFUND | {"requested_by": "alice"})
+@pytest.mark.parametrize("requested_by", ["alice", "U0BOB\n", "U0BOB\r\n", " U0BOB", "U0BOB\u200b", "u0bob"])
+async def test_requested_by_must_be_exactly_a_slack_user_id(api: Api, requested_by: str) -> None:
+    # "U0BOB\n" once passed a `$`-anchored check and let Bob approve his own draft.
+    status, body = await submit(api, REFUND | {"requested_by": requested_by})
     assert status == 422 and body["error"]["field"] == "requested_by"
+    assert count(api, Draft) == 0
+
+
+@pytest.mark.parametrize("key", ["k-1\n", "k 1", "", "k\u00e9"])
+async def test_idempotency_keys_must_be_printable_ascii(api: Api, key: str) -> None:
+    status, body = await submit(api, REFUND | {"idempotency_key": key})
+    assert status == 422 and body["error"]["field"] == "idempotency_key"
+    assert count(api, Draft) == 0
 
 
 async def test_same_key_and_body_returns_the_stored_response(api: Api) -> None:

@@ -23,6 +23,10 @@ HEARTBEAT = """
 [agents.support-bot]
 heartbeat_timeout = "1m"
 """
+AGENT_CAP = """
+[agents.support-bot]
+daily_count_cap = 1
+"""
 
 
 @pytest.fixture
@@ -195,6 +199,32 @@ async def test_approval_over_the_cap_is_refused_with_usage_and_alerts_fire_once(
         me["categories"]["refund"]["amount_used"] == "90.00" and me["categories"]["refund"]["count_used"] == 3
     )
     assert "90.00/100.00 USD" in await h.command("U0ALICE", "caps")
+
+
+async def test_a_cap_override_holds_for_the_day_it_was_set(h: Harness) -> None:
+    assert "0/5 today" in await h.command("U0ADMIN", "cap refund count=5")
+    assert "0/5 today" in await h.command("U0ALICE", "caps")
+    h.clock.advance(days=1)
+    assert "0/20 today" in await h.command("U0ALICE", "caps")
+    assert "0/7 today" in await h.command("U0ADMIN", "cap refund count=7")
+
+
+@pytest.mark.parametrize(
+    "arg", ["count=\u00b2", "count=\u0663", "count=0", "count=-1", "amount=1e3", "amount="]
+)
+async def test_a_cap_change_that_is_not_a_plain_number_is_refused(h: Harness, arg: str) -> None:
+    answer = await h.command("U0ADMIN", f"cap refund {arg}")
+    assert "Caps of" not in answer and ("Not understood" in answer or "amount:" in answer)
+    assert "0/20 today" in await h.command("U0ALICE", "caps")
+
+
+async def test_an_agent_at_its_own_cap_has_new_drafts_routed_to_manual(db_url: str, tmp_path: Path) -> None:
+    async with harness(db_url, tmp_path, extra_config=AGENT_CAP) as h:
+        first = await h.submit(summary="first")
+        await h.click("U0ALICE", ids.APPROVE, first["id"])
+        await h.status(first["id"], "executed")
+        over = await h.submit(summary="second")
+        assert over["status"] == "manual" and over["reason"] == "over_cap"
 
 
 async def test_rejection_burst_auto_pauses_the_agent_with_links(h: Harness) -> None:

@@ -284,3 +284,28 @@ async def test_conformance_check_fails_when_a_status_is_not_declared(api: Api) -
     response = await api.client.post("/v1/heartbeat", headers=api.auth())
     with pytest.raises(AssertionError, match="does not declare"):
         await conforms(spec, response, "/v1/heartbeat", "post")
+
+
+async def _spec_as(api: Api, authorization: str | None) -> dict[str, Any]:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    response = await api.client.get("/v1/openapi.json", headers=headers)
+    assert response.status == 200
+    spec: dict[str, Any] = await response.json()
+    return spec
+
+
+async def test_an_agents_spec_allows_only_its_callback_prefixes(api: Api) -> None:
+    prefixed = await _spec_as(api, f"Bearer {api.token}")
+    draft_in = validator_for(prefixed, "components", "schemas", "DraftIn")
+    body = {"category": "refund", "summary": "s", "body": "b"}
+    assert draft_in.is_valid(body | {"callback_url": "http://127.0.0.1:8080/hook"})
+    assert not draft_in.is_valid(body | {"callback_url": "http://127.0.0.2:8080/hook"})
+    # An agent without prefixes may send callback_url only as null, which the server accepts.
+    bare = validator_for(await _spec_as(api, f"Bearer {api.other_token}"), "components", "schemas", "DraftIn")
+    assert bare.is_valid(body | {"callback_url": None})
+    assert not bare.is_valid(body | {"callback_url": "http://127.0.0.1:8080/hook"})
+
+
+@pytest.mark.parametrize("authorization", ["Bearer wrong", "Basic abc", "Bearer "])
+async def test_a_bad_token_gets_the_generic_spec_not_401(api: Api, authorization: str) -> None:
+    assert await _spec_as(api, authorization) == await _spec_as(api, None)

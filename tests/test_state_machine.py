@@ -232,7 +232,8 @@ class ReviewLoop(RuleBasedStateMachine):
         self.paused = dict.fromkeys(AGENTS, False)
         self.pause_all = False
         self.modes: dict[str, dict[str, Any] | None] = dict.fromkeys(CATEGORIES)
-        self.cap_override: dict[str, dict[str, int]] = {name: {} for name in CATEGORIES}
+        # category -> (the local day it was set, the change): `/agent cap` holds for that day only
+        self.cap_override: dict[str, tuple[str, dict[str, int]]] = {name: ("", {}) for name in CATEGORIES}
         self.usage: dict[tuple[str, str], list[int]] = {}
         self.bound: dict[tuple[str, str], tuple[int | None, int | None]] = {}
         self.executor_failures = 0
@@ -268,13 +269,19 @@ class ReviewLoop(RuleBasedStateMachine):
 
     def category_limits(self, category: str) -> tuple[int | None, int | None]:
         count, amount = CATEGORY_LIMITS[category]
-        override = self.cap_override[category]
+        day, override = self.cap_override[category]
+        if day != local_day(self.now):
+            return count, amount
         return override.get("count_cap", count), override.get("amount_cap_minor", amount)
 
     def scopes(self, draft: MDraft) -> list[tuple[str, tuple[int | None, int | None]]]:
-        scopes = [(f"category:{draft.category}", self.category_limits(draft.category))]
-        if draft.agent in AGENT_LIMITS:
-            scopes.append((f"agent:{draft.agent}", AGENT_LIMITS[draft.agent]))
+        return self.scopes_of(draft.agent, draft.category)
+
+    def scopes_of(self, agent: str, category: str) -> list[tuple[str, tuple[int | None, int | None]]]:
+        """Each cap scope with today's limits: the category's, and the agent's own if it has some."""
+        scopes = [(f"category:{category}", self.category_limits(category))]
+        if agent in AGENT_LIMITS:
+            scopes.append((f"agent:{agent}", AGENT_LIMITS[agent]))
         return scopes
 
     @staticmethod
@@ -406,8 +413,9 @@ class ReviewLoop(RuleBasedStateMachine):
             reason: str | None = "agent_paused"
         elif self.manual(category):
             reason = "category_manual"
-        elif not self.fits(
-            self.usage.get((f"category:{category}", day), [0, 0]), self.category_limits(category), amount or 0
+        elif not all(
+            self.fits(self.usage.get((scope, day), [0, 0]), limits, amount or 0)
+            for scope, limits in self.scopes_of(agent, category)
         ):
             reason = "over_cap"
         else:
@@ -816,7 +824,9 @@ class ReviewLoop(RuleBasedStateMachine):
             args.append(f"amount={amount}")
             change["amount_cap_minor"] = minor(amount)
         self.control().set_cap("U0ADMIN", args)
-        self.cap_override[category] |= change
+        today = local_day(self.now)
+        day, before = self.cap_override[category]
+        self.cap_override[category] = (today, (before if day == today else {}) | change)
         self.event("category.cap", f"category:{category}")
 
     # -- invariants ------------------------------------------------------------------------
