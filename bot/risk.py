@@ -119,7 +119,12 @@ def _visible(text: str) -> str:
 
 def _fold(text: str) -> str:
     """Lower-case, accent-free, homoglyph-free text with punctuation kept, for phrase matching."""
-    folded = _visible(text).translate(_HOMOGLYPHS).casefold()
+    return _fold_visible(_visible(text))
+
+
+def _fold_visible(visible: str) -> str:
+    """_fold of a text already made visible."""
+    folded = visible.translate(_HOMOGLYPHS).casefold()
     if not folded.isascii():  # ASCII has no accents to strip: skip the per-character pass
         decomposed = unicodedata.normalize("NFKD", folded)
         folded = "".join(c for c in decomposed if not unicodedata.combining(c))
@@ -134,39 +139,46 @@ def _words(folded: str) -> str:
 
 @dataclass(frozen=True)
 class _Text:
+    """One text in the forms the rules read; the costlier forms are built only when a rule asks."""
+
     visible: str  # NFKC, invisible characters removed; offsets used for amounts and contacts
     folded: str  # see _fold
     skeleton: str  # `visible` with homoglyphs mapped, same length; used to find links
     words: str  # folded, punctuation dropped, single spaces
-    skeleton_letters: str  # letters and digits of `words` only, for split-up phrases
-    word_starts: tuple[bool, ...]  # for each char of skeleton_letters: does a word start there
-    sentences: tuple[tuple[str, ...], ...]  # each sentence as its clauses, in word form
 
     @classmethod
     def of(cls, text: str) -> _Text:
         visible = _visible(text)
-        folded = _fold(text)
-        words = _words(folded)
+        folded = _fold_visible(visible)
+        return cls(
+            visible=visible, folded=folded, skeleton=visible.translate(_HOMOGLYPHS), words=_words(folded)
+        )
+
+    @functools.cached_property
+    def skeleton_letters(self) -> str:
+        """Letters and digits of `words` only, for split-up phrases."""
+        return self.words.replace(" ", "")
+
+    @functools.cached_property
+    def word_starts(self) -> tuple[bool, ...]:
+        """For each character of skeleton_letters: does a word start there."""
         starts: list[bool] = []
-        for word in words.split(" "):
+        for word in self.words.split(" "):
             starts.append(True)
             starts.extend([False] * (len(word) - 1))
+        return tuple(starts)
+
+    @functools.cached_property
+    def sentences(self) -> tuple[tuple[str, ...], ...]:
+        """Each sentence as its clauses, in word form (each clause is a run of `words`)."""
         sentences = []
-        for sentence in _SENTENCE_END.split(folded):
+        for sentence in _SENTENCE_END.split(self.folded):
             clauses = []
             for part in _CLAUSE_MARK.split(sentence):
                 clauses += [c for c in (_words(p) for p in _CONJUNCTION.split(_words(part))) if c]
             if clauses:
                 sentences.append(tuple(clauses))
-        return cls(
-            visible=visible,
-            folded=folded,
-            skeleton=visible.translate(_HOMOGLYPHS),
-            words=words,
-            skeleton_letters=words.replace(" ", ""),
-            word_starts=tuple(starts),
-            sentences=tuple(sentences),
-        )
+        return tuple(sentences)
 
 
 def _quote(text: str) -> str:
@@ -378,6 +390,8 @@ def _negated(clause: str, start: int, term: str) -> bool:
 
 
 def _money_promises(text: _Text) -> Iterator[_Promise]:
+    if not _MONEY_TERMS.search(text.words):
+        return  # every clause is a run of `words`: no term there, none in any clause
     for clauses in text.sentences:
         terms = [
             m.group()
@@ -394,6 +408,8 @@ def _money_promises(text: _Text) -> Iterator[_Promise]:
 
 
 def _asked_for_money(context: _Text) -> bool:
+    if not _MONEY_REQUEST.search(context.words):
+        return False
     for clauses in context.sentences:
         for clause in clauses:
             for m in _MONEY_REQUEST.finditer(clause):
@@ -717,8 +733,9 @@ def _suffixes(digits: str) -> set[str]:
 
 def _check_contacts(rules: RiskRules, draft: _Text, ctx: _Text | None) -> list[Finding]:
     findings: list[Finding] = []
-    known_emails = set(_emails(ctx.visible)) if ctx is not None else set()
-    for email in _emails(draft.visible):
+    emails = _emails(draft.visible)
+    known_emails = set(_emails(ctx.visible)) if emails and ctx is not None else set()
+    for email in emails:
         if email in known_emails or _allowed_host(email.rsplit("@", 1)[1], rules.allowed_link_domains):
             continue
         findings.append(
@@ -729,12 +746,15 @@ def _check_contacts(rules: RiskRules, draft: _Text, ctx: _Text | None) -> list[F
             )
         )
         break
+    phones = list(_phones(draft.visible))
+    if not phones:
+        return findings
     known_phones = set(_phones(ctx.visible)) if ctx is not None else set()
     if ctx is not None:
         # Customers also write numbers without any separators; count those as theirs too.
         known_phones.update(re.findall(r"\d{7,15}", re.sub(r"[\s().-]", "", ctx.visible)))
     known_tails = {tail for known in known_phones for tail in _suffixes(known)}
-    for phone in _phones(draft.visible):
+    for phone in phones:
         national = phone[1:] if len(phone) == 11 and phone.startswith("1") else phone
         if national.startswith(_TOLL_FREE) and len(national) == 10:
             continue  # a toll-free line is a company's, not a person's
@@ -1072,7 +1092,9 @@ def _languages_of() -> dict[str, tuple[str, ...]]:
 def _language(text: _Text) -> str | None:
     # Links and addresses are not language ("acme.com" would count as Portuguese "com").
     prose = _BARE_DOMAIN.sub(" ", _EMAIL.sub(" ", _URL.sub(" ", text.skeleton)))
-    words = _words(_fold(prose)).split()
+    # Folding the skeleton gives `words` again (tests/test_risk.py checks it), so without
+    # links or addresses there is nothing to fold twice.
+    words = (text.words if prose == text.skeleton else _words(_fold(prose))).split()
     if len(words) < _MIN_WORDS:
         return None
     scores = dict.fromkeys(_STOP_WORDS, 0.0)

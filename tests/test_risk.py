@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot import risk
 from bot.risk import Finding, RiskRules, check_rules, risk_level
 
 DOMAINS = ("help.acme.com", "acme.com")
@@ -796,3 +797,14 @@ def test_check_rules_returns_one_line_findings_when_given_arbitrary_text(
         ):
             assert "\n" not in finding.message
             assert finding.severity in ("low", "medium", "high")
+
+
+_CONFUSABLE = "АаЕеОоРрСсІіЇїɑıΑαΟοϲ\u0301\u0308\u200b\u00ad\ufb01½ "
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.one_of(st.characters(), st.sampled_from(_CONFUSABLE)), max_size=40))
+def test_folding_the_skeleton_gives_the_same_words(text: str) -> None:
+    # The language check relies on this to skip a second fold when a text has no links.
+    folded = risk._Text.of(text)
+    assert risk._words(risk._fold(folded.skeleton)) == folded.words
