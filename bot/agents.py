@@ -15,14 +15,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import select
 
-from bot import audit, caps, policy
+from bot import audit, caps, netguard, policy
 from bot.errors import Invalid, NotFound, Unauthorized
 from bot.runtime import Runtime
 from storage import queries
 from storage.db import transaction
 from storage.tables import Agent, AgentToken
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 
 
 def hash_token(token: str) -> str:
@@ -47,7 +47,7 @@ class Registered:
 
 def add(rt: Runtime, *, name: str, categories: list[str], callback_prefixes: list[str]) -> Registered:
     """Register an agent; its token and callback secret are returned once and stored hashed/kept."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise Invalid(
             "agent names are lowercase slugs: a-z, 0-9, '-' and '_', up to 40 characters", field="name"
         )
@@ -59,6 +59,10 @@ def add(rt: Runtime, *, name: str, categories: list[str], callback_prefixes: lis
     for prefix in callback_prefixes:
         if not re.match(r"^https?://[^/\s]+/", prefix):
             raise Invalid(f"callback prefix must be an http(s) URL ending its host with '/': {prefix}")
+        try:
+            netguard.check_url(prefix)
+        except ValueError as exc:
+            raise Invalid(f"callback prefix refused: {exc}") from None
     token, secret = new_token(), new_webhook_secret()
     now = rt.clock()
     with transaction(rt.engine) as session:

@@ -23,6 +23,8 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bot import netguard
+
 _T = TypeVar("_T")
 _Fields = dict[str, tuple[object, str]]  # key -> (raw value, dotted key it came from)
 
@@ -356,8 +358,8 @@ def _executor(r: _Reader, fields: _Fields) -> Executor | None:
         if isinstance(table, dict) and required not in ex:
             r.add(f"{key}.{required}", "required")
     url, env_name = r.typed(ex, "url", str), r.typed(ex, "secret_env", str)
-    if url is not None and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
-        r.add(f"{key}.url", f"not an http(s) URL: {url!r}")
+    if url is not None:
+        r._apply(netguard.check_url, url, f"{key}.url")
     if env_name is None:
         return None
     secret = r.env.get(env_name, "")

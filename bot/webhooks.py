@@ -3,6 +3,7 @@
 The executor gets the draft id as both `webhook-id` and `Idempotency-Key` on every attempt,
 so it can deduplicate; an attempt that was sent but got no answer marks the outcome unknown,
 and after the last retry the draft needs reconciliation, never a silent failure.
+Every delivery goes through bot/netguard.py: a destination it refuses is a connect failure.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from sqlmodel import Session, select
 
-from bot import audit, caps, crashpoints, policy
+from bot import audit, caps, crashpoints, netguard, policy
 from bot.drafts import agent_view, record_change
 from bot.outbox import RetryLater
 from bot.runtime import Runtime
@@ -74,11 +76,13 @@ class Attempt:
 
 
 class WebhookJobs:
-    """Outbox handlers for `executor.call` and `callback.send`."""
+    """Outbox handlers for `executor.call` and `callback.send`; `resolver` (default aiohttp's) is
+    what the guard asks for addresses, replaceable by tests."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, *, resolver: AbstractResolver | None = None) -> None:
         self.rt = rt
-        self._http: aiohttp.ClientSession | None = None
+        self.resolver = resolver  # None: aiohttp's default, made with the first session
+        self._sessions: dict[netguard.Kind, aiohttp.ClientSession] = {}
 
     def handlers(self) -> dict[str, Any]:
         return {"executor.call": self.execute, "callback.send": self.callback}
@@ -86,15 +90,29 @@ class WebhookJobs:
     def give_up(self) -> dict[str, Any]:
         return {"executor.call": self.execute_gave_up}
 
-    @property
-    def http(self) -> aiohttp.ClientSession:
-        if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(timeout=TIMEOUT)
-        return self._http
+    def http(self, kind: netguard.Kind) -> aiohttp.ClientSession:
+        """One session per kind, since the guard's rules differ between executors and callbacks."""
+        session = self._sessions.get(kind)
+        if session is None or session.closed:
+            if self.resolver is None:
+                self.resolver = aiohttp.DefaultResolver()
+            connector = aiohttp.TCPConnector(
+                resolver=netguard.GuardedResolver(kind, self.resolver),
+                socket_factory=netguard.guarded_socket,
+                # A fresh lookup and connection per delivery: each one is checked, none is reused.
+                use_dns_cache=False,
+                force_close=True,
+            )
+            # trust_env=False: a proxy from the environment would connect where the guard never looked.
+            session = aiohttp.ClientSession(timeout=TIMEOUT, connector=connector, trust_env=False)
+            self._sessions[kind] = session
+        return session
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        for session in self._sessions.values():
+            await session.close()
+        if self.resolver is not None:
+            await self.resolver.close()
 
     async def execute(self, job: OutboxJob) -> None:
         draft_id = json.loads(job.payload)["draft_id"]
@@ -104,13 +122,14 @@ class WebhookJobs:
         timestamp = int(self.rt.clock().timestamp())
         headers = signed_headers(attempt.executor.secret, draft_id, timestamp, attempt.body)
         try:
-            async with self.http.post(
+            _vet(attempt.executor.url)
+            async with self.http("executor").post(
                 attempt.executor.url, data=attempt.body, headers=headers, allow_redirects=False
             ) as response:
                 status, text = response.status, (await response.text())[:500]
                 wait = retry_after(response.headers.get("Retry-After"), self.rt.clock())
             crashpoints.reached("after_executor_sent")
-        except aiohttp.ClientConnectorError as exc:
+        except (aiohttp.ClientConnectorError, netguard.Blocked) as exc:
             # Never connected: the executor cannot have acted.
             await asyncio.to_thread(self._note, draft_id, f"connect failed: {exc}", ambiguous=False)
             raise RetryLater(f"executor unreachable: {exc}") from None
@@ -297,10 +316,23 @@ class WebhookJobs:
         msg_id = f"cb_{job.id}"
         headers = signed_headers(secret, msg_id, int(self.rt.clock().timestamp()), body)
         try:
-            async with self.http.post(url, data=body, headers=headers, allow_redirects=False) as response:
+            _vet(url)
+            async with self.http("callback").post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as response:
                 status = response.status
                 wait = retry_after(response.headers.get("Retry-After"), self.rt.clock())
+        except (aiohttp.ClientConnectorError, netguard.Blocked) as exc:
+            raise RetryLater(f"callback not sent: {exc}") from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise RetryLater(f"callback failed: {type(exc).__name__}") from None
         if not 200 <= status < 300:
             raise RetryLater(f"callback answered {status}", retry_after=wait)
+
+
+def _vet(url: str) -> None:
+    """The guard's checks that need no DNS, again at delivery: a URL stored before them is refused too."""
+    try:
+        netguard.check_url(url)
+    except ValueError as exc:
+        raise netguard.Blocked(f"blocked destination: {exc}") from None
