@@ -65,6 +65,12 @@ class Result:
     latencies: list[float]
 
     acknowledged: int  # every 202, warm-up included: each must have left a row
+    cpu_seconds: float = 0.0  # the server's CPU over the run, warm-up included
+
+    @property
+    def cpu_per_request(self) -> float:
+        """Server CPU microseconds per accepted request: steadier than req/s on a shared machine."""
+        return self.cpu_seconds / self.acknowledged * 1e6
 
     @property
     def rate(self) -> float:
@@ -93,15 +99,26 @@ def wait_healthy(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
     sys.exit(f"{url} did not start:\n{log.read_text()}")
 
 
+@dataclass
+class Started:
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the process so far, all threads (Linux /proc)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def started(name: str, args: list[str], env: dict[str, str], workdir: Path, port: int) -> Iterator[str]:
+def started(name: str, args: list[str], env: dict[str, str], workdir: Path, port: int) -> Iterator[Started]:
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(process, url, log)
-        yield url
+        yield Started(url, process.pid)
     finally:
         process.terminate()
         try:
@@ -216,36 +233,57 @@ def main() -> None:
         server = [python, "-m", "bot", "serve", "--port", str(server_port)]
         with (
             started("slack-stub", stub, env, workdir, slack_port),
-            started("countersign", server, env, workdir, server_port) as url,
+            started("countersign", server, env, workdir, server_port) as target,
         ):
+            cpu = target.cpu_seconds()
             ours = asyncio.run(
-                drive("countersign", url, token, clients=args.clients, seconds=args.seconds, warmup=1.0)
+                drive(
+                    "countersign", target.url, token, clients=args.clients, seconds=args.seconds, warmup=1.0
+                )
             )
+            ours.cpu_seconds = target.cpu_seconds() - cpu
         stored = count_rows(database_url) - before
 
         bare_token = "bare_" + secrets.token_urlsafe(24)
         bare_db = workdir / "bare.db"
         bare_cmd = [python, str(ROOT / "bench" / "bare_insert.py"), str(bare_db), str(bare_port)]
-        with started("bare", bare_cmd, env | {"BARE_TOKEN": bare_token}, workdir, bare_port) as url:
+        with started("bare", bare_cmd, env | {"BARE_TOKEN": bare_token}, workdir, bare_port) as target:
+            cpu = target.cpu_seconds()
             bare = asyncio.run(
-                drive("bare aiohttp", url, bare_token, clients=args.clients, seconds=args.seconds, warmup=1.0)
+                drive(
+                    "bare aiohttp",
+                    target.url,
+                    bare_token,
+                    clients=args.clients,
+                    seconds=args.seconds,
+                    warmup=1.0,
+                )
             )
+            bare.cpu_seconds = target.cpu_seconds() - cpu
         bare_stored = count_rows(f"sqlite:///{bare_db}")
 
     backend = "PostgreSQL" if database_url.startswith("postgres") else "SQLite"
     print(
         f"intake: POST /v1/drafts, {args.clients} clients, {args.seconds:g} s each, countersign on {backend}"
     )
-    print(f"{'target':<14}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'rows/202s':>15}")
+    print(
+        f"{'target':<14}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'rows/202s':>15}"
+        f"{'CPU us/req':>12}"
+    )
     for result, rows in ((ours, stored), (bare, bare_stored)):
         errors = sum(result.errors.values())
         print(
             f"{result.name:<14}{result.rate:>12.1f}{result.percentile(50):>9.1f}"
             f"{result.percentile(99):>9.1f}{errors:>8}{f'{rows}/{result.acknowledged}':>15}"
+            f"{result.cpu_per_request:>12.0f}"
         )
         if result.errors:
             print(f"  non-202 answers: {dict(result.errors)}")
     print(f"ratio countersign/bare: {ours.rate / bare.rate:.2f} (throughput)")
+    print(
+        f"server CPU per request: countersign {ours.cpu_per_request:.0f} us "
+        f"bare {bare.cpu_per_request:.0f} us, ratio bare/countersign {bare.cpu_per_request / ours.cpu_per_request:.2f}"
+    )
 
 
 if __name__ == "__main__":

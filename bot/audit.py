@@ -7,6 +7,7 @@ edited, deleted or reordered row breaks the chain at that row.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -69,14 +70,21 @@ class Event:
     outcome: str = "ok"
 
 
+@functools.cache
+def _statements() -> tuple[sa.Select[int, str], sa.Insert]:
+    """The chain head query and the insert, built once (appending is on the intake hot path)."""
+    head = sa.select(col(AuditEvent.seq), col(AuditEvent.hash)).order_by(col(AuditEvent.seq).desc()).limit(1)
+    return head, sa.insert(AuditEvent.__table__)  # type: ignore[attr-defined]
+
+
 def append_many(session: Session, events: Sequence[Event]) -> None:
     """Chain and insert events in order, in the caller's transaction, under the chain lock."""
     if not events:
         return
+    head, insert = _statements()
+    conn = session.connection()  # Core: the ORM adds nothing to two plain statements
     lock_audit_chain(session)
-    last = session.execute(
-        sa.select(col(AuditEvent.seq), col(AuditEvent.hash)).order_by(col(AuditEvent.seq).desc()).limit(1)
-    ).first()
+    last = conn.execute(head).first()
     seq, prev_hash = (last[0], last[1]) if last else (0, GENESIS)
     rows = []
     for event in events:
@@ -108,7 +116,7 @@ def append_many(session: Session, events: Sequence[Event]) -> None:
             }
         )
         prev_hash = digest
-    session.execute(sa.insert(AuditEvent.__table__), rows)  # type: ignore[attr-defined]
+    conn.execute(insert, rows)
 
 
 def append(

@@ -168,24 +168,51 @@ class _Controls:
     day: str
 
 
+@dataclass(frozen=True)
+class _Statements:
+    """The hot path's statements, built once: constructing and caching SQL per batch costs more
+    than running it. Executed on the Core connection under the session's transaction."""
+
+    agents: sa.Select[Any]
+    usage: sa.Select[Any]
+    answers: sa.Select[Any]
+    forget: sa.Delete
+    insert_draft: sa.Insert
+    insert_answer: sa.Insert
+
+
+@functools.cache
+def _statements() -> _Statements:
+    def expanding(name: str) -> sa.BindParameter[Any]:
+        return sa.bindparam(name, expanding=True)
+
+    return _Statements(
+        agents=sa.select(agent_t.c.id, agent_t.c.state, agent_t.c.offline).where(
+            agent_t.c.id.in_(expanding("ids"))
+        ),
+        usage=sa.select(cap_t.c.scope, cap_t.c.count_used, cap_t.c.amount_used_minor).where(
+            cap_t.c.scope.in_(expanding("scopes")), cap_t.c.day == sa.bindparam("day")
+        ),
+        answers=sa.select(idem_t).where(idem_t.c.key.in_(expanding("keys"))),
+        forget=sa.delete(idem_t).where(
+            idem_t.c.agent_id == sa.bindparam("agent"), idem_t.c.key == sa.bindparam("old_key")
+        ),
+        insert_draft=sa.insert(draft_t),
+        insert_answer=sa.insert(idem_t),
+    )
+
+
 def _read_controls(session: Session, rt: Runtime, items: list[Prepared], day: str) -> _Controls:
-    agent_ids = {item.agent_id for item in items}
+    conn, sql = session.connection(), _statements()
     names = {item.category.name for item in items}
-    scopes = [caps.scope(n) for n in names] + [caps.agent_scope(item.agent_name) for item in items]
+    scopes = {caps.scope(n) for n in names} | {caps.agent_scope(item.agent_name) for item in items}
     agents = {
         row[0]: (row[1], bool(row[2]))
-        for row in session.execute(
-            sa.select(agent_t.c.id, agent_t.c.state, agent_t.c.offline).where(agent_t.c.id.in_(agent_ids))
-        )
+        for row in conn.execute(sql.agents, {"ids": list({item.agent_id for item in items})})
     }
     keys = ["pause:all", *(f"mode:{n}" for n in names), *(f"cap:{n}" for n in names)]
     usage = {
-        row[0]: (row[1], row[2])
-        for row in session.execute(
-            sa.select(cap_t.c.scope, cap_t.c.count_used, cap_t.c.amount_used_minor).where(
-                cap_t.c.scope.in_(scopes), cap_t.c.day == day
-            )
-        )
+        row[0]: (row[1], row[2]) for row in conn.execute(sql.usage, {"scopes": list(scopes), "day": day})
     }
     return _Controls(agents=agents, switches=queries.get_controls(session, keys), usage=usage, day=day)
 
@@ -223,12 +250,13 @@ def _store(session: Session, rt: Runtime, items: list[Prepared]) -> list[Result 
     for index in new:
         assert controls is not None
         results[index] = _new_draft(rt, items[index], controls, rows, now)
+    conn, sql = session.connection(), _statements()
     if rows.drafts:
-        session.execute(sa.insert(draft_t), rows.drafts)
+        conn.execute(sql.insert_draft, rows.drafts)
         audit.append_many(session, rows.events)
         queries.enqueue_many(session, rows.jobs)
     if rows.keys:
-        session.execute(sa.insert(idem_t), rows.keys)
+        conn.execute(sql.insert_answer, rows.keys)
     for index, item in enumerate(items):
         if results[index] is None and item.key is not None:
             first = results[first_of_key[(item.agent_id, item.key)]]
@@ -244,12 +272,14 @@ def _stored_answers(
     pairs = {(item.agent_id, item.key) for item in items if item.key is not None}
     if not pairs:
         return {}
-    rows = session.execute(
-        sa.select(idem_t).where(sa.tuple_(idem_t.c.agent_id, idem_t.c.key).in_(list(pairs)))
-    ).all()
+    conn, sql = session.connection(), _statements()
+    # By key alone (one plain IN list), then by agent here: keys are scoped per agent.
+    rows = conn.execute(sql.answers, {"keys": list({key for _, key in pairs})}).all()
     answers: dict[tuple[int, str], tuple[str, int, dict[str, Any]]] = {}
     expired = []
     for row in rows:
+        if (row.agent_id, row.key) not in pairs:
+            continue
         if row.created_at > now - IDEMPOTENCY_RETENTION:
             answers[(row.agent_id, row.key)] = (
                 row.request_hash,
@@ -259,7 +289,7 @@ def _stored_answers(
         else:
             expired.append((row.agent_id, row.key))
     if expired:
-        session.execute(sa.delete(idem_t).where(sa.tuple_(idem_t.c.agent_id, idem_t.c.key).in_(expired)))
+        conn.execute(sql.forget, [{"agent": agent_id, "old_key": key} for agent_id, key in expired])
     return answers
 
 

@@ -6,6 +6,7 @@ the old state; the caller learns from the row count whether it won.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
@@ -141,8 +142,15 @@ def get_control(session: Session, key: str) -> dict[str, Any] | None:
     return json.loads(row[0]) if row else None
 
 
+@functools.cache
+def _controls_query() -> sa.Select[Any]:
+    return sa.select(control_t.c.key, control_t.c.value).where(
+        control_t.c.key.in_(sa.bindparam("keys", expanding=True))
+    )
+
+
 def get_controls(session: Session, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-    rows = session.execute(sa.select(control_t.c.key, control_t.c.value).where(control_t.c.key.in_(keys)))
+    rows = session.connection().execute(_controls_query(), {"keys": list(keys)})
     return {key: json.loads(value) for key, value in rows}
 
 
@@ -210,7 +218,12 @@ def job(
 def enqueue_many(session: Session, jobs: list[dict[str, Any]]) -> None:
     """Insert many outbox jobs with one statement."""
     if jobs:
-        session.execute(sa.insert(job_t), jobs)
+        session.connection().execute(_job_insert(), jobs)
+
+
+@functools.cache
+def _job_insert() -> sa.Insert:
+    return sa.insert(job_t)
 
 
 # Jobs that act for an agent are held while it (or everyone) is paused or its category is manual;
