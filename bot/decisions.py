@@ -211,28 +211,19 @@ def _approve_in(
     )
     if not won:
         raise _Lost()
-    session.add(
-        Decision(
-            draft_id=draft.id, action=action, by=user, body_before=draft.body, body_after=body_after, at=now
-        )
-    )
-    record_change(
+    _record_decision(
         session,
         rt,
         draft,
-        actor=f"slack:{user}",
-        action="draft.approved",
+        user=user,
+        action=action,
+        body_after=body_after,
+        now=now,
+        event="draft.approved",
         before={"status": "pending", "amount_minor": draft.amount_minor},
         after={"status": "approved", "edited": action == "edit", "amount_minor": amount_minor},
-        now=now,
+        post_diff=action == "edit" and body_after != draft.body,
     )
-    if action == "edit" and body_after != draft.body:
-        queries.enqueue(
-            session,
-            "slack.thread",
-            {"draft_id": draft.id, "text": edit_diff(draft.body, body_after, user)},
-            now=now,
-        )
     if category.executor is not None:
         queries.enqueue(
             session,
@@ -247,6 +238,38 @@ def _approve_in(
     usage = caps.usage(session, rt.config, category, now)
     _cap_alerts(session, rt, category, usage, now)
     return Outcome(message=f"Approved. Today's cap: {usage.describe()}.", final=True)
+
+
+def _record_decision(
+    session: Session,
+    rt: Runtime,
+    draft: Draft,
+    *,
+    user: str,
+    action: str,
+    body_after: str,
+    now: datetime,
+    event: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    post_diff: bool,
+) -> None:
+    """The won approval's record: the decision row, its audit event, and the edit's diff in the thread."""
+    session.add(
+        Decision(
+            draft_id=draft.id, action=action, by=user, body_before=draft.body, body_after=body_after, at=now
+        )
+    )
+    record_change(
+        session, rt, draft, actor=f"slack:{user}", action=event, before=before, after=after, now=now
+    )
+    if post_diff:
+        queries.enqueue(
+            session,
+            "slack.thread",
+            {"draft_id": draft.id, "text": edit_diff(draft.body, body_after, user)},
+            now=now,
+        )
 
 
 def _first_approval(
@@ -275,28 +298,19 @@ def _first_approval(
     )
     if not won:
         raise _Lost()
-    session.add(
-        Decision(
-            draft_id=draft.id, action=action, by=user, body_before=draft.body, body_after=body_after, at=now
-        )
-    )
-    record_change(
+    _record_decision(
         session,
         rt,
         draft,
-        actor=f"slack:{user}",
-        action="draft.first_approval",
+        user=user,
+        action=action,
+        body_after=body_after,
+        now=now,
+        event="draft.first_approval",
         before={"first_approver": draft.first_approver, "version": draft.version},
         after={"first_approver": user, "edited": changed},
-        now=now,
+        post_diff=changed,
     )
-    if changed:
-        queries.enqueue(
-            session,
-            "slack.thread",
-            {"draft_id": draft.id, "text": edit_diff(draft.body, body_after, user)},
-            now=now,
-        )
     rt.wake_outbox()
     return Outcome(
         message="First approval recorded; a second, different reviewer has to approve.", final=False
