@@ -93,6 +93,15 @@ def _refresh_pending(
         queries.enqueue(session, "slack.render", {"draft_id": draft_id}, now=now)
 
 
+def _set_agent(session: Session, name: str, now: datetime, **values: Any) -> None:
+    """Pause or resume one agent by name, and refresh its pending drafts' messages."""
+    agent = session.exec(select(Agent).where(Agent.name == name)).first()
+    if agent is None:
+        raise Refused(f"No agent named `{name[:40]}`.")
+    session.execute(sa.update(Agent).where(Agent.id == agent.id).values(**values))  # type: ignore[arg-type]
+    _refresh_pending(session, now, agent_id=agent.id)
+
+
 @dataclass
 class Control:
     rt: Runtime
@@ -188,15 +197,9 @@ class Control:
                 )
                 _refresh_pending(session, now)
             else:
-                agent = session.exec(select(Agent).where(Agent.name == target)).first()
-                if agent is None:
-                    raise Refused(f"No agent named `{target[:40]}`.")
-                session.execute(
-                    sa.update(Agent)
-                    .where(Agent.id == agent.id)  # type: ignore[arg-type]
-                    .values(state="paused", paused_by=user, paused_at=now, paused_reason=reason)
+                _set_agent(
+                    session, target, now, state="paused", paused_by=user, paused_at=now, paused_reason=reason
                 )
-                _refresh_pending(session, now, agent_id=agent.id)
             audit.append(
                 session,
                 at=now,
@@ -221,15 +224,9 @@ class Control:
                 queries.set_control(session, "pause:all", None, by=user, at=now)
                 _refresh_pending(session, now)
             else:
-                agent = session.exec(select(Agent).where(Agent.name == target)).first()
-                if agent is None:
-                    raise Refused(f"No agent named `{target[:40]}`.")
-                session.execute(
-                    sa.update(Agent)
-                    .where(Agent.id == agent.id)  # type: ignore[arg-type]
-                    .values(state="active", paused_by=None, paused_at=None, paused_reason=None)
+                _set_agent(
+                    session, target, now, state="active", paused_by=None, paused_at=None, paused_reason=None
                 )
-                _refresh_pending(session, now, agent_id=agent.id)
             audit.append(
                 session, at=now, actor=f"slack:{user}", action="agent.resumed", subject=f"agent:{target}"
             )
