@@ -2,7 +2,7 @@
 
 Usage: `.venv/bin/python -m bench.ack [--samples 300] [--warmup 30]` (from the repository root).
 
-It starts, each in its own process: the Slack Web API double (tests/doubles/slack_api.py), an
+It starts, each in its own process: the Slack Web API double (tests/doubles/slack_api/), an
 executor that answers 200 (tests/processes.py), the real server (`python -m bot serve`) on a fresh
 temporary SQLite file, and a bare Bolt app: an `AsyncApp` with the same signing secret, its client
 pointed at the Slack double, and one listener that only acks, served with aiohttp through

@@ -1,0 +1,108 @@
+"""What a draft must not contain: nothing at all or too much, secrets, and forbidden phrases."""
+
+from __future__ import annotations
+
+import re
+
+from bot.risk.findings import Finding, RiskRules
+from bot.risk.text import _LOOKBACK, _fold, _quote, _Text, _words
+
+# --- size ---------------------------------------------------------------------------------------
+
+
+def _check_size(rules: RiskRules, draft: _Text) -> list[Finding]:
+    if not draft.visible.strip():
+        return [Finding("empty_body", "high", "The draft is empty.")]
+    if len(draft.visible) > rules.max_body_chars:
+        return [
+            Finding(
+                "long_body",
+                "low",
+                f"The draft is {len(draft.visible)} characters long (limit {rules.max_body_chars}).",
+            )
+        ]
+    return []
+
+
+# --- secrets ------------------------------------------------------------------------------------
+
+_SECRETS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(pattern))
+    for name, pattern in (
+        ("private key", r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"),
+        ("Slack token", r"\bxox[abposre]-[A-Za-z0-9-]{10,}"),
+        ("Slack app token", r"\bxapp-\d-[A-Za-z0-9-]{10,}"),
+        ("Anthropic API key", r"\bsk-ant-[A-Za-z0-9_-]{16,}"),
+        ("Stripe key", r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}"),
+        ("API key", r"\bsk-(?:proj-)?[A-Za-z0-9_-]{20,}"),
+        ("AWS access key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+        ("GitHub token", r"\bgh[pousr]_[A-Za-z0-9]{30,}|\bgithub_pat_[A-Za-z0-9_]{30,}"),
+        ("webhook secret", r"\bwhsec_[A-Za-z0-9+/=]{16,}"),
+        ("Google API key", r"\bAIza[0-9A-Za-z_-]{35}"),
+        ("JSON Web Token", r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
+        (
+            "login and password",
+            r"(?i)\b(?:login|user(?:name)?)[ \t]*:?[ \t]*\S{1,64}[ \t]*/[ \t]*(?=\S*[\d!@#$%^&*])\S{6,}",
+        ),
+        (
+            "password",
+            r"(?i)\b(?:password|passwort|mot de passe|contrase[nñ]a|passcode|pin)[ \t]*(?:is|:|=|ist|est|es)"
+            r"[ \t]*[\"'`]?(?=\S*[\d!@#$%^&*])\S{6,}",
+        ),
+    )
+)
+
+
+def _check_secrets(draft: _Text) -> list[Finding]:
+    for name, pattern in _SECRETS:
+        if pattern.search(draft.visible):
+            # Name the kind of secret but never echo it: the message lands in Slack and in logs.
+            return [
+                Finding("secret", "high", f"The draft contains a secret ({name}); never send credentials.")
+            ]
+    return []
+
+
+# --- forbidden phrases --------------------------------------------------------------------------
+
+_SUFFIX = r"(?:s|es|d|ed|ing|ly)?"
+_DISCLAIMED = re.compile(
+    r"\b(?:can not|could not|not able to|unable to|not allowed to|may not|wo not|will not|do not|"
+    r"does not|never)(?: \w+){0,2} $"
+)
+
+
+def _phrase_hit(draft: _Text, phrase: str) -> bool:
+    tokens = _words(_fold(phrase)).split()
+    if not tokens:
+        return False
+    pattern = re.compile(r"(?<!\w)" + " ?".join(map(re.escape, tokens)) + _SUFFIX + r"(?!\w)")
+    matches = list(pattern.finditer(draft.words))
+    if matches:
+        # "I can't give legal advice" is the refusal the team wants, not the commitment it forbids.
+        return any(
+            not _DISCLAIMED.search(draft.words[max(0, m.start() - _LOOKBACK) : m.start()]) for m in matches
+        )
+    # Phrases split inside words ("guar antee") only show up with spaces removed; require the
+    # match to start a word so that short phrases do not fire inside longer words.
+    joined = "".join(tokens)
+    if len(joined) >= 8:
+        start = draft.skeleton_letters.find(joined)
+        while start != -1:
+            if draft.word_starts[start]:
+                return True
+            start = draft.skeleton_letters.find(joined, start + 1)
+    return False
+
+
+def _check_phrases(rules: RiskRules, draft: _Text) -> list[Finding]:
+    for phrase in rules.forbidden_phrases:
+        if _phrase_hit(draft, phrase):
+            return [
+                Finding(
+                    "forbidden_phrase",
+                    "high",
+                    f"The draft makes a commitment this category forbids (\u201c{_quote(phrase)}\u201d).",
+                )
+            ]
+    return []

@@ -1,0 +1,147 @@
+"""Links (disguised, look-alike or off the allow list) and Slack mentions in a draft."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from urllib.parse import unquote, urlsplit
+
+from bot.risk.findings import Finding, RiskRules
+from bot.risk.text import _HOMOGLYPHS, _quote, _Text, _visible
+
+_TLDS = (
+    r"com|net|org|info|biz|io|co|ai|app|dev|me|ly|to|gg|sh|xyz|top|site|online|shop|store|link|click|"
+    r"live|club|pro|ru|cn|de|fr|es|it|nl|pt|uk|eu|us|ca|au|in|br|jp|ch|at|be|se|no|dk|pl|cz|tk|ml|ga|"
+    r"cf|gq|cc|tv|ws|su|support|help|email|zip|mov|page|tech|cloud|work|win|vip|icu|buzz|rest|fun|"
+    r"host|space|website|today|news|gl|am|fm|is|ms"
+)
+_URL = re.compile(r"\b(?:https?|ftp)://[^\s<>\"'|\[\](){}]+", re.IGNORECASE)
+_BARE_DOMAIN = re.compile(
+    rf"(?<![\w@.\-/])((?:[^\W_](?:[\w-]{{0,61}}[^\W_])?\.)+(?:{_TLDS}))(?![\w-])"
+    r"(?::\d+)?(?:/[^\s<>\"'|\[\](){}]*)?",
+    re.IGNORECASE,
+)
+# Here, not in contacts.py, because links and the language check blank addresses out too.
+_EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]{1,64}@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}")
+# Bounded repeats throughout: agent text can be 256 KB and must not make these backtrack for long.
+_SLACK_LINK = re.compile(r"<((?:https?|ftp)://[^|>\s]{1,2000})\|([^>]{0,300})>", re.IGNORECASE)
+_MARKDOWN_LINK = re.compile(r"\[([^\]\n]{1,300})\]\(\s*<?([^)\s>]{1,2000})>?[^)]{0,300}\)")
+_HTML_LINK = re.compile(
+    r"<a\b[^>]{0,300}?href\s*=\s*[\"']?([^\"'\s>]{1,2000})[^>]{0,300}>(.{0,300}?)</a\s*>",
+    re.IGNORECASE | re.DOTALL,
+)
+_TRAILING = ".,;:!?'\")]}>"
+
+
+def _allowed_host(host: str, allowed: Sequence[str]) -> bool:
+    host = host.lower().rstrip(".")
+    for domain in allowed:
+        domain = domain.lower().strip().lstrip("*").strip(".")
+        if domain and (host == domain or host.endswith("." + domain)):
+            return True
+    return False
+
+
+def _host(url: str) -> tuple[str, bool]:
+    """The host a URL really points to, and whether it hides that (userinfo before an "@")."""
+    if "://" not in url:
+        url = "http://" + url
+    try:
+        parts = urlsplit(url)
+        return (parts.hostname or "").rstrip("."), parts.username is not None
+    except ValueError:
+        return "", False
+
+
+def _label_host(label: str) -> str | None:
+    skeleton = _visible(label).translate(_HOMOGLYPHS)
+    m = _URL.search(skeleton) or _BARE_DOMAIN.search(skeleton)
+    return _host(m.group().rstrip(_TRAILING))[0].lower() if m else None
+
+
+def _lookalike(host: str) -> bool:
+    return not host.isascii() or any(label.startswith("xn--") for label in host.split("."))
+
+
+def _within(host: str, domain: str) -> bool:
+    return host == domain or host.endswith("." + domain)
+
+
+def _blank(m: re.Match[str]) -> str:
+    return " " * len(m.group())
+
+
+def _check_links(rules: RiskRules, draft: _Text) -> list[Finding]:
+    disguised: list[str] = []
+    hidden: set[str] = set()  # hosts already reported as disguised
+    # Links whose visible text differs from where they go: Slack, Markdown and HTML syntax.
+    labelled = [(m.group(1), m.group(2)) for m in _SLACK_LINK.finditer(draft.visible)]
+    labelled += [(m.group(2), m.group(1)) for m in _MARKDOWN_LINK.finditer(draft.visible)]
+    labelled += [(m.group(1), m.group(2)) for m in _HTML_LINK.finditer(draft.visible)]
+    for url, label in labelled:
+        host = _host(url)[0].lower()
+        shown = _label_host(label)
+        if shown is not None and not _within(host, shown):
+            disguised.append(f"the link text shows {_quote(shown)} but it goes to {_quote(host)}")
+            hidden.add(host)
+        elif not _allowed_host(host, rules.allowed_link_domains):
+            disguised.append(f"link text hides a link to {_quote(host)}")
+            hidden.add(host)
+    # Raw URLs and bare domains; the original characters tell whether a homoglyph was used.
+    raw_hosts: list[tuple[str, str, bool]] = []
+    for m in _URL.finditer(draft.skeleton):
+        url = draft.visible[m.start() : m.end()].rstrip(_TRAILING)
+        host, userinfo = _host(url)
+        raw_hosts.append((host, _host(m.group().rstrip(_TRAILING))[0], userinfo))
+        # An allowed site that redirects ("?next=https://evil.ru") sends the customer elsewhere.
+        for nested in _URL.finditer(unquote(url.split("://", 1)[1])):
+            nested_host = _host(nested.group().rstrip(_TRAILING))[0]
+            raw_hosts.append((nested_host, nested_host.translate(_HOMOGLYPHS), False))
+    blanked = _EMAIL.sub(_blank, _URL.sub(_blank, draft.skeleton))
+    for m in _BARE_DOMAIN.finditer(blanked):
+        original = draft.visible[m.start(1) : m.end(1)]
+        raw_hosts.append((original, m.group(1), False))
+    not_allowed: dict[str, None] = {}  # ordered and unique
+    for original, mapped, userinfo in raw_hosts:
+        original, mapped = original.lower(), mapped.lower()
+        if not original:
+            continue
+        if _lookalike(original):
+            disguised.append(f"the domain {_quote(original)} uses look-alike characters (reads {mapped})")
+            hidden.add(original)
+        elif userinfo:
+            disguised.append(f"the link hides its real destination {_quote(original)} after an '@'")
+            hidden.add(original)
+        elif not _allowed_host(original, rules.allowed_link_domains):
+            not_allowed[original] = None
+    findings: list[Finding] = []
+    if disguised:
+        findings.append(Finding("disguised_link", "high", f"Disguised link: {disguised[0]}."))
+    flagged = [h for h in not_allowed if h not in hidden]
+    if flagged:
+        shown = ", ".join(_quote(h) for h in flagged[:3]) + (", …" if len(flagged) > 3 else "")
+        findings.append(
+            Finding("link_not_allowed", "medium", f"Links to domains not on the allow list: {shown}.")
+        )
+    return findings
+
+
+# --- mentions -----------------------------------------------------------------------------------
+
+_MASS_MENTION = re.compile(
+    r"(?<![\w.])@\s?(?:channel|here|everyone)\b|<!(?:channel|here|everyone)\b|<!subteam\^|<!usergroup\b"
+)
+_USER_MENTION = re.compile(r"<@[uw][a-z0-9]+(?:\|[^>]*)?>")
+
+
+def _check_mentions(draft: _Text) -> list[Finding]:
+    # Matched without homoglyphs or zero-width spaces, but with Slack's punctuation intact.
+    text = draft.skeleton.casefold()
+    findings: list[Finding] = []
+    m = _MASS_MENTION.search(text)
+    if m:
+        what = "a user group" if "subteam" in m.group() or "usergroup" in m.group() else "everyone"
+        findings.append(Finding("mass_mention", "high", f"The draft would ping {what} in Slack."))
+    if _USER_MENTION.search(text):
+        findings.append(Finding("user_mention", "medium", "The draft mentions a Slack user directly."))
+    return findings
