@@ -154,6 +154,8 @@ def _approve_in(
     exponent = currency_exponent(category.currency)
     amount_minor = draft.amount_minor
     if edited_amount is not None:
+        if draft.amount_minor is None:
+            raise DecisionRefused("This draft has no amount, so none can be edited in.")
         amount_minor = policy.to_minor(edited_amount, exponent)
         if category.max_amount is not None and edited_amount > category.max_amount:
             raise DecisionRefused(
