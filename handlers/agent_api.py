@@ -121,8 +121,7 @@ async def _json_body(request: web.Request) -> Any:
 def _idempotency_key(request: web.Request, draft: DraftIn) -> str | None:
     header = request.headers.get("Idempotency-Key")
     if header is not None:
-        header = header.strip()
-        if len(header) >= 2 and header[0] == header[-1] == '"':
+        if len(header) > 2 and header[0] == header[-1] == '"':
             header = header[1:-1]  # the IETF draft sends it as a structured-field string
         if not IDEMPOTENCY_KEY_RE.fullmatch(header):
             raise BadRequest("Idempotency-Key must be 1-255 printable ASCII characters")

@@ -53,6 +53,9 @@ _DRAFT_IN = {
         "requested_by": {"type": ["string", "null"], "pattern": "^[UW][A-Z0-9]{2,20}$"},
         "idempotency_key": {"type": ["string", "null"], "pattern": "^[\\x21-\\x7e]{1,255}$"},
     },
+    # A currency names the amount's currency: without an amount it is refused.
+    "if": {"required": ["currency"], "properties": {"currency": {"type": "string"}}},
+    "then": {"required": ["amount"], "properties": {"amount": {"type": "string"}}},
 }
 _SUBMITTED = {
     "type": "object",
@@ -245,7 +248,8 @@ def spec(
                             "name": "Idempotency-Key",
                             "in": "header",
                             "required": False,
-                            "schema": {"type": "string"},
+                            # Printable ASCII; the IETF draft's quoted form ("key") is accepted too.
+                            "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
                         }
                     ],
                     "requestBody": {

@@ -309,3 +309,14 @@ async def test_an_agents_spec_allows_only_its_callback_prefixes(api: Api) -> Non
 @pytest.mark.parametrize("authorization", ["Bearer wrong", "Basic abc", "Bearer "])
 async def test_a_bad_token_gets_the_generic_spec_not_401(api: Api, authorization: str) -> None:
     assert await _spec_as(api, authorization) == await _spec_as(api, None)
+
+
+async def test_the_spec_says_a_currency_needs_an_amount(api: Api) -> None:
+    draft_in = validator_for(await fetch_spec(api.client), "components", "schemas", "DraftIn")
+    body = {"category": "refund", "summary": "s", "body": "b"}
+    assert not draft_in.is_valid(body | {"currency": "USD"})
+    assert not draft_in.is_valid(body | {"currency": "USD", "amount": None})
+    assert draft_in.is_valid(body | {"currency": "USD", "amount": "30.00"})
+    assert draft_in.is_valid(body | {"currency": None})
+    response = await api.client.post("/v1/drafts", json=body | {"currency": "USD"}, headers=api.auth())
+    assert response.status == 422
