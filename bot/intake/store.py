@@ -1,163 +1,36 @@
-"""Intake: check an agent's submission, then store many at once (group commit).
-
-Submissions that arrive while a batch is being written wait for the next one, so under load
-one transaction (one fsync, one audit-chain lock) stores dozens of drafts; alone, a draft
-is stored at once. Every draft still gets its own audit event, outbox jobs and stored
-idempotent response, in the same transaction as the draft itself.
-"""
+"""Storing one batch of checked submissions in the caller's transaction: stored idempotent answers
+replayed, the rest inserted with one statement per table."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from pydantic_core import PydanticUndefined
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from bot import audit, caps, crashpoints, netguard, policy
-from bot.errors import CountersignError, Forbidden, IdempotencyMismatch, Invalid
-from bot.risk import RiskRules, check_rules, risk_level
+from bot import audit, caps, policy
+from bot.errors import CountersignError, IdempotencyMismatch
+from bot.intake.checks import Prepared
 from bot.runtime import Runtime
-from bot.schemas import DraftIn
-from bot.settings import Category, currency_exponent
+from bot.settings import currency_exponent
 from storage import queries
-from storage.db import transaction
 from storage.tables import Agent, CapUsage, Draft, IdempotencyRecord
 
 IDEMPOTENCY_RETENTION = timedelta(hours=24)
-MAX_BATCH = 256
+
 
 agent_t = Agent.__table__  # type: ignore[attr-defined]
 draft_t = Draft.__table__  # type: ignore[attr-defined]
 idem_t = IdempotencyRecord.__table__  # type: ignore[attr-defined]
 cap_t = CapUsage.__table__  # type: ignore[attr-defined]
 
+
 Result = tuple[int, dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A submission that passed every check that needs no database."""
-
-    agent_id: int
-    agent_name: str
-    draft: DraftIn
-    category: Category
-    amount: Decimal | None
-    currency: str | None
-    risk: dict[str, Any]
-    key: str | None
-    fingerprint: str
-    base_url: str
-
-
-def request_fingerprint(draft: DraftIn) -> str:
-    """Hash of the request as parsed, so the same request spelled differently is still the same."""
-    fields = draft.model_dump(exclude={"idempotency_key"}, exclude_none=True)
-    return hashlib.sha256(audit.canonical(fields).encode()).hexdigest()
-
-
-def risk_rules(category: Category) -> RiskRules:
-    return RiskRules(
-        money=category.money,
-        max_amount=category.max_amount,
-        currency=category.currency,
-        allowed_link_domains=category.allowed_link_domains,
-        forbidden_phrases=category.forbidden_phrases,
-    )
-
-
-def agent_categories(agent: Agent) -> list[str]:
-    return [name for name in agent.categories.split(",") if name]
-
-
-def prepare(rt: Runtime, *, agent: Agent, draft: DraftIn, key: str | None, base_url: str) -> Prepared:
-    """Validate against the config and the agent's registration; run the risk rules."""
-    category = rt.config.categories.get(draft.category)
-    if category is None:
-        raise Invalid(f"unknown category {draft.category!r}", field="category")
-    if draft.category not in agent_categories(agent):
-        raise Forbidden(
-            f"agent {agent.name!r} may not submit to category {draft.category!r}", field="category"
-        )
-    amount: Decimal | None = None
-    currency: str | None = None
-    if draft.amount is not None:
-        currency = draft.currency or category.currency
-        if currency != category.currency:
-            raise Invalid(f"category {category.name!r} works in {category.currency}", field="currency")
-        try:
-            amount = policy.parse_api_amount(draft.amount, currency_exponent(currency))
-        except ValueError as exc:
-            raise Invalid(str(exc), field="amount") from None
-    elif draft.currency is not None:
-        raise Invalid("currency given without an amount", field="currency")
-    if draft.callback_url is not None:
-        prefixes: list[str] = json.loads(agent.callback_prefixes)
-        if not any(draft.callback_url.startswith(prefix) for prefix in prefixes):
-            raise Invalid(
-                "callback_url is not under a prefix registered for this agent", field="callback_url"
-            )
-        # The host comes from the prefix; one registered before the SSRF checks may still be refused.
-        try:
-            netguard.check_url(draft.callback_url)
-        except ValueError as exc:
-            raise Invalid(f"callback_url refused: {exc}", field="callback_url") from None
-    findings = check_rules(
-        rules=risk_rules(category), body=draft.body, context=draft.context, amount=amount, currency=currency
-    )
-    risk = {
-        "level": risk_level(findings),
-        "findings": [finding.to_dict() for finding in findings],
-        "ai": {"status": "pending" if category.ai_review else "off", "note": ""},
-    }
-    return Prepared(
-        agent_id=agent.id,  # type: ignore[arg-type]
-        agent_name=agent.name,
-        draft=draft,
-        category=category,
-        amount=amount,
-        currency=currency,
-        risk=risk,
-        key=key,
-        fingerprint=request_fingerprint(draft),
-        base_url=base_url,
-    )
-
-
-def write_batch(rt: Runtime, items: list[Prepared]) -> list[Result | CountersignError]:
-    """Store submissions in one transaction; one answer (or error) per item, in order."""
-    for attempt in range(3):
-        try:
-            with transaction(rt.engine) as session:
-                results = _store(session, rt, items)
-            crashpoints.reached("after_draft_commit")
-            rt.wake_outbox()
-            return results
-        except IntegrityError:
-            # Another process stored the same Idempotency-Key first (PostgreSQL waits on the unique
-            # index, then fails here). Alone, the retry finds its stored answer; in a batch, split up.
-            if len(items) > 1:
-                return [write_batch(rt, [item])[0] for item in items]
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
-def submit(rt: Runtime, *, agent: Agent, draft: DraftIn, key: str | None, base_url: str) -> Result:
-    """Check and store one submission (the CLI and tests; the server batches)."""
-    result = write_batch(rt, [prepare(rt, agent=agent, draft=draft, key=key, base_url=base_url)])[0]
-    if isinstance(result, CountersignError):
-        raise result
-    return result
 
 
 @dataclass
@@ -400,41 +273,3 @@ def _new_draft(rt: Runtime, item: Prepared, controls: _Controls, rows: _Rows, no
             }
         )
     return 202, body
-
-
-class IntakeWriter:
-    """Collects concurrent submissions and writes each gathered batch in one transaction."""
-
-    def __init__(self, rt: Runtime, *, max_batch: int = MAX_BATCH) -> None:
-        self.rt = rt
-        self.max_batch = max_batch
-        self._pending: list[tuple[Prepared, asyncio.Future[Result]]] = []
-        self._kick = asyncio.Event()
-
-    async def submit(self, item: Prepared) -> Result:
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
-        self._kick.set()
-        return await future
-
-    async def run(self) -> None:
-        """Write batches until cancelled."""
-        while True:
-            await self._kick.wait()
-            self._kick.clear()
-            while self._pending:
-                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-                try:
-                    results = await asyncio.to_thread(write_batch, self.rt, [item for item, _ in batch])
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(result, CountersignError):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)

@@ -1,78 +1,27 @@
-"""The kill switch and its relatives: pause/resume agents, manual mode, cap overrides.
-
-Pulling the brake is easy (any reviewer); releasing it is not (admins only). Every flip is
-committed, audited and announced before the command answers.
-"""
+"""The state changes behind `/agent`: pause/resume agents, manual and review mode, cap overrides,
+and the lapse of time-boxed manual modes."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import re
-import shlex
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from slack_sdk.errors import SlackApiError
-from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 from bot import audit, caps, policy
 from bot.runtime import Runtime
 from bot.settings import currency_exponent, parse_duration
-from bot.slack import Directory
 from storage import queries
 from storage.db import transaction
 from storage.tables import Agent, Draft
 
-log = logging.getLogger(__name__)
-
 COUNT = re.compile(r"[0-9]{1,7}")
-
-HELP = """*`/agent` — Countersign controls*
-• `/agent status` — agents, categories, pending work
-• `/agent pause <agent|all> [reason]` — stop an agent now (any reviewer)
-• `/agent resume <agent|all>` — let it work again (admins)
-• `/agent manual <category> [duration, e.g. 2h]` — route a category to humans (any reviewer)
-• `/agent review <category>` — back to review mode (admins)
-• `/agent caps` — today's cap usage
-• `/agent cap <category> [count=N] [amount=X]` — change today's caps (admins)
-• `/agent help` — this text"""
 
 
 class Refused(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class AgentRow:
-    name: str
-    state: str
-    reason: str | None
-    offline: bool
-
-
-@dataclass(frozen=True)
-class CategoryRow:
-    name: str
-    mode: str
-    until: str | None
-    usage: str
-
-
-@dataclass(frozen=True)
-class Home:
-    user: str
-    can_pause: bool
-    can_resume: bool
-    all_paused: bool
-    agents: list[AgentRow]
-    categories: list[CategoryRow]
-    pending: int
-    oldest_pending: datetime | None
-    now: datetime
 
 
 def _announce(session: Session, rt: Runtime, text: str, now: datetime) -> None:
@@ -102,84 +51,10 @@ def _set_agent(session: Session, name: str, now: datetime, **values: Any) -> Non
     _refresh_pending(session, now, agent_id=agent.id)
 
 
-@dataclass
-class Control:
+class Switches:
+    """Control's state changes: each is committed, audited and announced before it answers."""
+
     rt: Runtime
-    directory: Directory
-
-    def reviewers(self) -> frozenset[str]:
-        people: set[str] = set(self.rt.config.admins)
-        for category in self.rt.config.categories.values():
-            people |= category.reviewers
-        return frozenset(people)
-
-    async def _member(self, user: str) -> bool:
-        """A reviewer (any category, or its user group) or an admin, and a full, active account."""
-        try:
-            who = await self.directory.reviewer(user)
-        except SlackApiError:
-            raise Refused("Slack could not confirm who you are; nothing was changed.") from None
-        if who.deleted or who.is_bot or who.is_guest:
-            return False
-        if user in self.reviewers():
-            return True
-        for category in self.rt.config.categories.values():
-            if category.reviewer_group and user in await self.directory.reviewers(category):
-                return True
-        return False
-
-    async def run(self, *, user: str, text: str) -> str:
-        """Run one `/agent` subcommand for `user` and return the private answer."""
-        try:
-            return await self._run(user=user, text=text)
-        except SQLAlchemyError:
-            log.exception("control state unreadable")
-            return (
-                ":warning: Countersign cannot read or write its control state right now; nothing was changed."
-            )
-
-    async def _run(self, *, user: str, text: str) -> str:
-        try:
-            words = shlex.split(text)
-        except ValueError:
-            words = text.split()
-        if not words or words[0] in ("help", "-h", "--help"):
-            return HELP
-        verb, args = words[0].lower(), words[1:]
-        try:
-            if verb in ("status", "caps"):
-                if not await self._member(user):
-                    raise Refused("Only reviewers and admins can see Countersign's state.")
-                return await asyncio.to_thread(self.status if verb == "status" else self.caps_text)
-            if verb in ("pause", "manual"):
-                if not await self._member(user):
-                    raise Refused("Only reviewers and admins can pull the brake.")
-                if verb == "pause":
-                    return await asyncio.to_thread(self.pause, user, args)
-                return await asyncio.to_thread(self.manual, user, args)
-            if verb in ("resume", "review", "cap"):
-                if user not in self.rt.config.admins or not await self._member(user):
-                    raise Refused(
-                        f"Only admins can {verb}: releasing the brake and raising caps needs an admin."
-                    )
-                handler = {"resume": self.resume, "review": self.review, "cap": self.set_cap}[verb]
-                return await asyncio.to_thread(handler, user, args)
-        except Refused as refused:
-            await asyncio.to_thread(self._audit_denied, user, verb, str(refused))
-            return f":no_entry: {refused}"
-        return f"Unknown command `{verb[:30]}`.\n\n{HELP}"
-
-    def _audit_denied(self, user: str, verb: str, why: str) -> None:
-        with transaction(self.rt.engine) as session:
-            audit.append(
-                session,
-                at=self.rt.clock(),
-                actor=f"slack:{user}",
-                action=f"control.{verb}_denied",
-                subject="control",
-                after={"why": why},
-                outcome="denied",
-            )
 
     def pause(self, user: str, args: list[str]) -> str:
         if not args:
@@ -359,71 +234,3 @@ class Control:
             )
         self.rt.wake_outbox()
         return f"Caps of *{category_name}* now: {usage.describe()}."
-
-    def caps_text(self) -> str:
-        now = self.rt.clock()
-        with transaction(self.rt.engine, write=False) as session:
-            lines = [
-                f"• *{name}*: {caps.usage(session, self.rt.config, category, now).describe()}"
-                for name, category in sorted(self.rt.config.categories.items())
-            ]
-        return "*Today's caps*\n" + "\n".join(lines)
-
-    def snapshot(self, user: str = "") -> Home:
-        now = self.rt.clock()
-        with transaction(self.rt.engine, write=False) as session:
-            agents = session.exec(select(Agent).where(Agent.categories != "").order_by(Agent.name)).all()
-            controls = queries.get_controls(
-                session, ["pause:all", *[f"mode:{c}" for c in self.rt.config.categories]]
-            )
-            categories = []
-            for name, category in sorted(self.rt.config.categories.items()):
-                mode = controls.get(f"mode:{name}")
-                manual = policy.is_manual(mode, now)
-                categories.append(
-                    CategoryRow(
-                        name=name,
-                        mode="manual" if manual else "review",
-                        until=(mode or {}).get("until") if manual else None,
-                        usage=caps.usage(session, self.rt.config, category, now).describe(),
-                    )
-                )
-            pending, oldest = session.execute(
-                sa.select(sa.func.count(), sa.func.min(Draft.created_at)).where(Draft.status == "pending")  # type: ignore[arg-type]
-            ).one()
-        oldest_at = oldest
-        return Home(
-            user=user,
-            can_pause=user in self.reviewers(),
-            can_resume=user in self.rt.config.admins,
-            all_paused="pause:all" in controls,
-            agents=[AgentRow(a.name, a.state, a.paused_reason, a.offline) for a in agents],
-            categories=categories,
-            pending=int(pending),
-            oldest_pending=oldest_at,
-            now=now,
-        )
-
-    def status(self) -> str:
-        home = self.snapshot()
-        lines = ["*Agents*"]
-        if home.all_paused:
-            lines.append(":octagonal_sign: *all agents paused*")
-        for agent in home.agents:
-            extra = f" — {agent.reason}" if agent.reason else ""
-            lines.append(f"• *{agent.name}*: {agent.state}{' (offline)' if agent.offline else ''}{extra}")
-        lines.append("*Categories*")
-        for category in home.categories:
-            until = f" until {category.until[:16]}" if category.until else ""
-            lines.append(f"• *{category.name}*: {category.mode}{until} · {category.usage}")
-        age = "" if home.oldest_pending is None else f", oldest {_age(home.now - home.oldest_pending)}"
-        lines.append(f"*Pending*: {home.pending}{age}")
-        return "\n".join(lines)
-
-    async def home(self, *, user: str) -> Home:
-        return await asyncio.to_thread(self.snapshot, user)
-
-
-def _age(delta: timedelta) -> str:
-    minutes = int(delta.total_seconds() // 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"

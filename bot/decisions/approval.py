@@ -1,21 +1,25 @@
-"""Reviewer use-cases: approve, edit-and-approve, reject, retry, expire.
-
-The winning click is decided by one conditional UPDATE on the draft (status, version and,
-for the two-person rule, the first approver), and the cap is reserved in the same
-transaction; a refused reservation or a lost race rolls the whole transaction back.
-"""
+"""Approve and edit-and-approve: one or two approvals, the cap reserved in the same transaction,
+and the alerts when a cap fills up."""
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session
 
-from bot import audit, caps, crashpoints, policy, watchdogs
+from bot import caps, crashpoints, policy
+from bot.decisions.outcomes import (
+    Outcome,
+    _control_refusal,
+    _Denied,
+    _load,
+    _Lost,
+    _refuse_audited,
+    _who_decided,
+)
 from bot.drafts import record_change
 from bot.errors import DecisionRefused
 from bot.runtime import Runtime
@@ -23,66 +27,6 @@ from bot.settings import Category, currency_exponent
 from storage import queries
 from storage.db import lock_audit_chain, transaction
 from storage.tables import Agent, Decision, Draft
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What the clicking reviewer is told (privately)."""
-
-    message: str
-    final: bool  # the draft reached a decision (False: first of two approvals recorded)
-
-
-class _Lost(Exception):
-    """Raised inside a transaction to roll it back when another writer won."""
-
-
-def _refuse_audited(rt: Runtime, *, user: str, action: str, subject: str, why: str) -> DecisionRefused:
-    now = rt.clock()
-    with transaction(rt.engine) as session:
-        audit.append(
-            session,
-            at=now,
-            actor=f"slack:{user}",
-            action=action,
-            subject=subject,
-            after={"why": why},
-            outcome="denied",
-        )
-    return DecisionRefused(why)
-
-
-def _who_decided(rt: Runtime, draft_id: str) -> str:
-    with transaction(rt.engine, write=False) as session:
-        draft = session.get(Draft, draft_id)
-        if draft is None:
-            return "This draft no longer exists."
-        if draft.status == "pending":
-            return "Someone else acted on this draft at the same moment; look at the message again."
-        by = f" by <@{draft.decided_by}>" if draft.decided_by else ""
-        return f"Already {draft.status.replace('_', ' ')}{by}."
-
-
-def _control_refusal(session: Session, draft: Draft, now: datetime) -> str | None:
-    """Fail closed: a paused agent or a manual category blocks every approval."""
-    agent = session.get(Agent, draft.agent_id)
-    controls = queries.get_controls(session, ["pause:all", f"mode:{draft.category}"])
-    if agent is None or agent.state == "paused" or "pause:all" in controls:
-        return "The agent is paused: nothing it drafted can be approved until an admin resumes it."
-    if policy.is_manual(controls.get(f"mode:{draft.category}"), now):
-        return "This category is in manual mode: handle the request by hand."
-    return None
-
-
-def _load(session: Session, draft_id: str, version: int) -> Draft:
-    draft = session.get(Draft, draft_id)
-    if draft is None:
-        raise DecisionRefused("This draft no longer exists.")
-    if draft.version != version:
-        raise DecisionRefused(
-            f"This draft changed since that message was shown; review version {draft.version}."
-        )
-    return draft
 
 
 def approve(
@@ -111,12 +55,6 @@ def approve(
         raise _refuse_audited(
             rt, user=user, action="draft.approve_denied", subject=draft_id, why=denied.why
         ) from None
-
-
-class _Denied(Exception):
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-        self.why = why
 
 
 def _approve_in(
@@ -343,169 +281,6 @@ def _cap_alerts(session: Session, rt: Runtime, category: Category, usage: caps.U
             break
 
 
-def reject(
-    rt: Runtime,
-    *,
-    draft_id: str,
-    version: int,
-    user: str,
-    reviewers: frozenset[str],
-    reviewer: policy.Reviewer,
-    reason: str,
-) -> Outcome:
-    """Reject a pending draft with a reason the agent reads."""
-    reason = reason.strip()
-    if not reason:
-        raise DecisionRefused("A reason is required.")
-    try:
-        with transaction(rt.engine) as session:
-            now = rt.clock()
-            draft = _load(session, draft_id, version)
-            refusal = policy.refusal_to_decide(reviewer, reviewers=reviewers, requested_by=None)
-            if refusal:
-                raise _Denied(refusal)
-            won = queries.transition(
-                session,
-                draft.id,
-                from_=("pending",),
-                to="rejected",
-                where={"version": draft.version},
-                decided_by=user,
-                decided_at=now,
-                updated_at=now,
-            )
-            if not won:
-                raise _Lost()
-            session.add(Decision(draft_id=draft.id, action="reject", by=user, reason=reason, at=now))
-            record_change(
-                session,
-                rt,
-                draft,
-                actor=f"slack:{user}",
-                action="draft.rejected",
-                before={"status": "pending"},
-                after={"status": "rejected", "reason": reason},
-                now=now,
-            )
-            watchdogs.trip_breaker_if_needed(session, rt, draft.agent_id, now)
-    except _Lost:
-        raise DecisionRefused(_who_decided(rt, draft_id)) from None
-    except _Denied as denied:
-        raise _refuse_audited(
-            rt, user=user, action="draft.reject_denied", subject=draft_id, why=denied.why
-        ) from None
-    rt.wake_outbox()
-    return Outcome(message="Rejected; the agent gets your reason.", final=True)
-
-
-def retry(
-    rt: Runtime,
-    *,
-    draft_id: str,
-    version: int,
-    user: str,
-    reviewers: frozenset[str],
-    reviewer: policy.Reviewer,
-) -> Outcome:
-    """Send a failed or unreconciled action to the executor again, with the same idempotency key."""
-    try:
-        with transaction(rt.engine) as session:
-            lock_audit_chain(session)  # as in approve: see a pause that commits meanwhile
-            now = rt.clock()
-            draft = _load(session, draft_id, version)
-            refusal = policy.refusal_to_decide(reviewer, reviewers=reviewers, requested_by=draft.requested_by)
-            if refusal:
-                raise _Denied(refusal)
-            category = rt.config.categories.get(draft.category)
-            if category is None or category.executor is None:
-                raise DecisionRefused("This category has no executor to retry.")
-            blocked = _control_refusal(session, draft, now)
-            if blocked:
-                raise DecisionRefused(blocked)
-            if draft.status == "failed":
-                # A failure released the reservation: take it again, or refuse.
-                day = policy.cap_day(now, rt.config.timezone)
-                agent = session.get(Agent, draft.agent_id)
-                if caps.reserve(
-                    session,
-                    rt.config,
-                    category,
-                    agent=agent.name if agent else "?",
-                    day=day,
-                    amount_minor=draft.amount_minor or 0,
-                ):
-                    raise DecisionRefused("Retrying would exceed today's cap.")
-            else:
-                day = draft.reservation_day or policy.cap_day(now, rt.config.timezone)
-            won = queries.transition(
-                session,
-                draft.id,
-                from_=("failed", "needs_reconciliation"),
-                to="approved",
-                updated_at=now,
-                reservation_day=day,
-                execution_status="pending",
-                execution_ambiguous=False,
-            )
-            if not won:
-                raise _Lost()
-            record_change(
-                session,
-                rt,
-                draft,
-                actor=f"slack:{user}",
-                action="draft.retry",
-                before={"status": draft.status},
-                after={"status": "approved"},
-                now=now,
-            )
-            queries.enqueue(
-                session,
-                "executor.call",
-                {"draft_id": draft.id},
-                now=now,
-                agent_id=draft.agent_id,
-                category=draft.category,
-                max_attempts=rt.executor_attempts,
-            )
-    except _Lost:
-        raise DecisionRefused(_who_decided(rt, draft_id)) from None
-    except _Denied as denied:
-        raise _refuse_audited(
-            rt, user=user, action="draft.retry_denied", subject=draft_id, why=denied.why
-        ) from None
-    rt.wake_outbox()
-    return Outcome(message="Sent to the executor again with the same idempotency key.", final=True)
-
-
-def expire_due(rt: Runtime) -> int:
-    """Expire every pending draft past its deadline; nothing is ever approved by timeout."""
-    now = rt.clock()
-    expired = 0
-    with transaction(rt.engine) as session:
-        due = session.exec(
-            select(Draft).where(Draft.status == "pending", Draft.expires_at <= now).limit(200)
-        ).all()
-        for draft in due:
-            if queries.transition(
-                session, draft.id, from_=("pending",), to="expired", updated_at=now, decided_at=now
-            ):
-                record_change(
-                    session,
-                    rt,
-                    draft,
-                    actor="system:expiry",
-                    action="draft.expired",
-                    before={"status": "pending"},
-                    after={"status": "expired"},
-                    now=now,
-                )
-                expired += 1
-    if expired:
-        rt.wake_outbox()
-    return expired
-
-
 def edit_diff(before: str, after: str, user: str) -> str:
     """A unified diff of an edit, for the message thread."""
     lines = difflib.unified_diff(
@@ -515,7 +290,3 @@ def edit_diff(before: str, after: str, user: str) -> str:
     fence = "`" * 3
     safe = diff[:2800].replace(fence, "'" * 3)
     return f"<@{user}> edited the draft before approving:\n{fence}\n{safe}\n{fence}"
-
-
-def agent_of(session: Session, draft: Draft) -> Any:
-    return session.get(Agent, draft.agent_id)

@@ -1,0 +1,103 @@
+"""Intake: check an agent's submission, then store many at once (group commit).
+
+Submissions that arrive while a batch is being written wait for the next one, so under load
+one transaction (one fsync, one audit-chain lock) stores dozens of drafts; alone, a draft
+is stored at once. Every draft still gets its own audit event, outbox jobs and stored
+idempotent response, in the same transaction as the draft itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy.exc import IntegrityError
+
+from bot import crashpoints
+from bot.errors import CountersignError
+from bot.intake.checks import Prepared, agent_categories, prepare, request_fingerprint, risk_rules
+from bot.intake.store import IDEMPOTENCY_RETENTION, Result, _store
+from bot.runtime import Runtime
+from bot.schemas import DraftIn
+from storage.db import transaction
+from storage.tables import Agent
+
+__all__ = [
+    "IDEMPOTENCY_RETENTION",
+    "MAX_BATCH",
+    "IntakeWriter",
+    "Prepared",
+    "Result",
+    "agent_categories",
+    "prepare",
+    "request_fingerprint",
+    "risk_rules",
+    "submit",
+    "write_batch",
+]
+
+MAX_BATCH = 256
+
+
+def write_batch(rt: Runtime, items: list[Prepared]) -> list[Result | CountersignError]:
+    """Store submissions in one transaction; one answer (or error) per item, in order."""
+    for attempt in range(3):
+        try:
+            with transaction(rt.engine) as session:
+                results = _store(session, rt, items)
+            crashpoints.reached("after_draft_commit")
+            rt.wake_outbox()
+            return results
+        except IntegrityError:
+            # Another process stored the same Idempotency-Key first (PostgreSQL waits on the unique
+            # index, then fails here). Alone, the retry finds its stored answer; in a batch, split up.
+            if len(items) > 1:
+                return [write_batch(rt, [item])[0] for item in items]
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def submit(rt: Runtime, *, agent: Agent, draft: DraftIn, key: str | None, base_url: str) -> Result:
+    """Check and store one submission (the CLI and tests; the server batches)."""
+    result = write_batch(rt, [prepare(rt, agent=agent, draft=draft, key=key, base_url=base_url)])[0]
+    if isinstance(result, CountersignError):
+        raise result
+    return result
+
+
+class IntakeWriter:
+    """Collects concurrent submissions and writes each gathered batch in one transaction."""
+
+    def __init__(self, rt: Runtime, *, max_batch: int = MAX_BATCH) -> None:
+        self.rt = rt
+        self.max_batch = max_batch
+        self._pending: list[tuple[Prepared, asyncio.Future[Result]]] = []
+        self._kick = asyncio.Event()
+
+    async def submit(self, item: Prepared) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        self._kick.set()
+        return await future
+
+    async def run(self) -> None:
+        """Write batches until cancelled."""
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            while self._pending:
+                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+                try:
+                    results = await asyncio.to_thread(write_batch, self.rt, [item for item, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, CountersignError):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)

@@ -1,0 +1,96 @@
+"""One Settings object: the environment plus the TOML config file, validated once, at start.
+
+Every problem is collected rather than the first one raised, so `check-config` can list them all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bot.settings.config import AgentPolicy, Category, Config, Executor, _build, check_config, load_config
+from bot.settings.reader import ConfigError, Problem
+from bot.settings.values import RateLimit, currency_exponent, parse_amount, parse_duration
+
+__all__ = [
+    "AgentPolicy",
+    "Category",
+    "Config",
+    "ConfigError",
+    "Executor",
+    "Problem",
+    "RateLimit",
+    "Settings",
+    "check_config",
+    "currency_exponent",
+    "load_config",
+    "load_settings",
+    "missing_slack_credentials",
+    "parse_amount",
+    "parse_duration",
+]
+
+
+@dataclass(frozen=True)
+class Settings:
+    slack_bot_token: str | None = field(repr=False)
+    slack_signing_secret: str | None = field(repr=False)
+    slack_app_token: str | None = field(repr=False)
+    database_url: str = field(repr=False)  # may embed a password
+    config_path: Path
+    slack_api_url: str
+    anthropic_api_key: str | None = field(repr=False)
+    config: Config
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build the Settings from the environment (os.environ by default) and the config file it names."""
+    env = os.environ if env is None else env
+    problems: list[Problem] = []
+    api_url = env.get("COUNTERSIGN_SLACK_API_URL") or "https://slack.com/api/"
+    if urlsplit(api_url).scheme not in ("http", "https") or not urlsplit(api_url).netloc:
+        problems.append(
+            Problem("environment", "COUNTERSIGN_SLACK_API_URL", f"not an http(s) URL: {api_url!r}")
+        )
+    database_url = env.get("COUNTERSIGN_DATABASE_URL") or "sqlite:///countersign.db"
+    if urlsplit(database_url).scheme.split("+")[0] not in ("sqlite", "postgresql", "postgres"):
+        message = "expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB"
+        problems.append(Problem("environment", "COUNTERSIGN_DATABASE_URL", message))
+    config_path = Path(env.get("COUNTERSIGN_CONFIG") or "countersign.toml")
+    config, config_problems = _build(config_path, env)
+    if problems or config_problems:
+        raise ConfigError(problems + config_problems)
+    return Settings(
+        slack_bot_token=env.get("SLACK_BOT_TOKEN") or None,
+        slack_signing_secret=env.get("SLACK_SIGNING_SECRET") or None,
+        slack_app_token=env.get("SLACK_APP_TOKEN") or None,
+        database_url=database_url,
+        config_path=config_path,
+        slack_api_url=api_url if api_url.endswith("/") else api_url + "/",
+        anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
+        config=config,
+    )
+
+
+def missing_slack_credentials(settings: Settings, *, socket_mode: bool) -> list[str]:
+    """One message per Slack variable `serve` needs but lacks, saying where to get it."""
+    where = "create the app from manifest.yml at https://api.slack.com/apps, install it, and copy"
+    messages = []
+    if not settings.slack_bot_token:
+        messages.append(
+            f"SLACK_BOT_TOKEN is not set: {where} the Bot User OAuth Token (xoxb-…) from OAuth & Permissions."
+        )
+    if socket_mode and not settings.slack_app_token:
+        messages.append(
+            f"SLACK_APP_TOKEN is not set (needed for --socket-mode): {where} an App-Level Token (xapp-…)"
+            " with the connections:write scope from Basic Information → App-Level Tokens."
+        )
+    if not socket_mode and not settings.slack_signing_secret:
+        messages.append(
+            f"SLACK_SIGNING_SECRET is not set: {where} the Signing Secret"
+            " from Basic Information → App Credentials."
+        )
+    return messages

@@ -1,0 +1,293 @@
+"""The TOML config file: the records it holds (categories, agents, ...) and the reading of it, section by
+section, into them."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import datetime
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from types import MappingProxyType
+from typing import TypeVar
+from zoneinfo import ZoneInfo
+
+from bot import netguard
+from bot.settings.reader import ConfigError, Problem, _Fields, _kind, _Reader
+from bot.settings.values import (
+    RateLimit,
+    _channel_id,
+    _group_id,
+    _parse_clock,
+    _parse_currency,
+    _parse_domain,
+    _parse_phrase,
+    _parse_rate,
+    _parse_zone,
+    _user_id,
+    parse_duration,
+)
+
+_T = TypeVar("_T")
+
+
+_SLUG = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+
+
+_TOP_KEYS: tuple[str, ...] = ("timezone", "admins", "agent_rate_limit", "alerts_channel", "max_body_bytes")
+_TOP_KEYS += ("digest", "defaults", "categories", "agents", "watchdog", "ai_review")
+_CATEGORY_KEYS: tuple[str, ...] = ("channel", "manual_channel", "reviewers", "reviewer_group", "currency")
+_CATEGORY_KEYS += ("daily_count_cap", "daily_amount_cap", "two_person_above", "max_amount", "expire_after")
+_CATEGORY_KEYS += ("executor", "allowed_link_domains", "forbidden_phrases", "policy", "ai_review", "money")
+_AGENT_KEYS: tuple[str, ...] = ("heartbeat_timeout", "breaker_window", "breaker_reject_ratio")
+_AGENT_KEYS += ("breaker_burst", "daily_count_cap", "daily_amount_cap")
+
+
+@dataclass(frozen=True)
+class Executor:
+    url: str
+    secret_env: str
+    secret: str = field(repr=False)  # kept out of repr so it never lands in a log line
+
+
+@dataclass(frozen=True)
+class Category:
+    name: str
+    channel: str
+    manual_channel: str | None
+    reviewers: frozenset[str]
+    reviewer_group: str | None
+    daily_count_cap: int | None
+    daily_amount_cap: Decimal | None
+    currency: str
+    two_person_above: Decimal | None
+    max_amount: Decimal | None
+    expire_after: timedelta
+    executor: Executor | None
+    allowed_link_domains: tuple[str, ...]
+    forbidden_phrases: tuple[str, ...]
+    policy: str
+    ai_review: bool
+    money: bool
+
+
+@dataclass(frozen=True)
+class AgentPolicy:
+    heartbeat_timeout: timedelta | None = None
+    breaker_window: int = 20
+    breaker_reject_ratio: Decimal = Decimal("0.30")
+    breaker_burst_count: int = 3
+    breaker_burst_window: timedelta = timedelta(minutes=10)
+    daily_count_cap: int | None = None
+    daily_amount_cap: Decimal | None = None
+
+
+_DEFAULT_RATE = RateLimit(50, timedelta(seconds=1))
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    timezone: ZoneInfo
+    admins: frozenset[str]
+    agent_rate_limit: RateLimit
+    alerts_channel: str | None
+    digest_channel: str | None
+    digest_at: datetime.time
+    categories: Mapping[str, Category]
+    agents: Mapping[str, AgentPolicy]
+    default_agent_policy: AgentPolicy
+    watchdog_max_pending: int | None
+    watchdog_max_age: timedelta | None
+    reviewer_model: str
+    reviewer_timeout: timedelta
+    max_body_bytes: int
+
+    def agent_policy(self, name: str) -> AgentPolicy:
+        """The agent's own [agents.NAME] tuning, or the defaults when it has none."""
+        return self.agents.get(name, self.default_agent_policy)
+
+
+def _or(value: _T | None, default: _T) -> _T:
+    return default if value is None else value
+
+
+def _executor(r: _Reader, fields: _Fields) -> Executor | None:
+    if "executor" not in fields:
+        return None
+    table, key = fields["executor"]
+    ex = r.fields(table, key, ("url", "secret_env"))
+    for required in ("url", "secret_env"):
+        if isinstance(table, dict) and required not in ex:
+            r.add(f"{key}.{required}", "required")
+    url, env_name = r.typed(ex, "url", str), r.typed(ex, "secret_env", str)
+    if url is not None:
+        r._apply(netguard.check_url, url, f"{key}.url")
+    if env_name is None:
+        return None
+    secret = r.env.get(env_name, "")
+    if not secret:
+        r.add(f"{key}.secret_env", f"environment variable {env_name} is not set")
+    elif not _is_webhook_secret(secret):
+        r.add(f"{key}.secret_env", f"{env_name} is not a Standard Webhooks secret (whsec_ then base64)")
+    return Executor(url=url or "", secret_env=env_name, secret=secret)
+
+
+def _is_webhook_secret(secret: str) -> bool:
+    try:
+        return secret.startswith("whsec_") and bool(base64.b64decode(secret[6:], validate=True))
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _category(r: _Reader, name: str, key: str, f: _Fields) -> Category:
+    if "channel" not in f:
+        r.add(f"{key}.channel", "required: the Slack channel id (C…) where drafts are posted")
+    reviewers = frozenset(_or(r.listed(f, "reviewers", _user_id), []))
+    group = r.parsed(f, "reviewer_group", _group_id)
+    if "reviewer_group" not in f and not f.get("reviewers", ([], ""))[0]:
+        r.add(f"{key}.reviewers", 'required: set reviewers = ["U…"] or reviewer_group = "S…"')
+    currency = r.parsed(f, "currency", _parse_currency) or "USD"
+    two_person_above = r.amount(f, "two_person_above", currency)
+    listed = f.get("reviewers", ([], ""))[0]
+    if two_person_above is not None and group is None and isinstance(listed, list) and len(listed) < 2:
+        r.add(f["two_person_above"][1], "two-person rule needs two or more reviewers or a reviewer_group")
+    money = r.typed(f, "money", bool)
+    return Category(
+        name=name,
+        channel=_or(r.parsed(f, "channel", _channel_id), ""),
+        manual_channel=r.parsed(f, "manual_channel", _channel_id),
+        reviewers=reviewers,
+        reviewer_group=group,
+        daily_count_cap=r.count(f, "daily_count_cap"),
+        daily_amount_cap=r.amount(f, "daily_amount_cap", currency),
+        currency=currency,
+        two_person_above=two_person_above,
+        max_amount=r.amount(f, "max_amount", currency),
+        expire_after=_or(r.parsed(f, "expire_after", parse_duration), timedelta(hours=24)),
+        executor=_executor(r, f),
+        allowed_link_domains=tuple(_or(r.listed(f, "allowed_link_domains", _parse_domain), [])),
+        forbidden_phrases=tuple(_or(r.listed(f, "forbidden_phrases", _parse_phrase), [])),
+        policy=_or(r.typed(f, "policy", str), ""),
+        ai_review=_or(r.typed(f, "ai_review", bool), True),
+        money=_or(money, any(k in f for k in ("daily_amount_cap", "two_person_above", "max_amount"))),
+    )
+
+
+def _agent(r: _Reader, f: _Fields) -> AgentPolicy:
+    default = AgentPolicy()
+    ratio: Decimal | None = None
+    if "breaker_reject_ratio" in f:
+        value, key = f["breaker_reject_ratio"]
+        # A ratio is not money, so a TOML float is fine here; str() keeps 0.3 as Decimal("0.3").
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            with contextlib.suppress(InvalidOperation):
+                ratio = Decimal(str(value))
+        if ratio is None or not 0 < ratio <= 1:
+            r.add(key, f'must be a ratio above 0 and at most 1, e.g. "0.30", got {value!r}')
+            ratio = None
+    burst = r.parsed(f, "breaker_burst", _parse_rate)
+    return AgentPolicy(
+        heartbeat_timeout=r.parsed(f, "heartbeat_timeout", parse_duration),
+        breaker_window=_or(r.count(f, "breaker_window"), default.breaker_window),
+        breaker_reject_ratio=_or(ratio, default.breaker_reject_ratio),
+        breaker_burst_count=burst.count if burst else default.breaker_burst_count,
+        breaker_burst_window=burst.per if burst else default.breaker_burst_window,
+        daily_count_cap=r.count(f, "daily_count_cap"),
+        daily_amount_cap=r.amount(f, "daily_amount_cap", None),
+    )
+
+
+def _named_tables(r: _Reader, top: _Fields, section: str) -> _Fields:
+    if section not in top:
+        return {}
+    raw, key = top[section]
+    if not isinstance(raw, dict):
+        r.add(key, f"expected a table, got {_kind(raw)}")
+        return {}
+    tables: _Fields = {}
+    for name, table in raw.items():
+        if not _SLUG.fullmatch(name):
+            r.add(f"{key}.{name}", f"not a valid name: {name!r} (a-z, 0-9, - and _, starting with a letter)")
+        if isinstance(table, dict):
+            tables[name] = (table, f"{key}.{name}")
+        else:
+            r.add(f"{key}.{name}", f"expected a table, got {_kind(table)}")
+    return tables
+
+
+def _build(path: Path, env: Mapping[str, str]) -> tuple[Config, list[Problem]]:
+    r = _Reader(str(path), env)
+    raw: object = {}
+    try:
+        with path.open("rb") as file:
+            raw = tomllib.load(file)
+    except FileNotFoundError:
+        r.add("", "file not found (create it, or point COUNTERSIGN_CONFIG at it)")
+    except OSError as error:
+        r.add("", f"cannot read the file: {error.strerror}")
+    except tomllib.TOMLDecodeError as error:
+        r.add("", f"not valid TOML: {error}")
+    top = r.fields(raw, "", _TOP_KEYS)
+    # Read in the order DESIGN.md lays the file out, so problems are listed in an order people recognise.
+    timezone = _or(r.parsed(top, "timezone", _parse_zone), ZoneInfo("UTC"))
+    admins = frozenset(_or(r.listed(top, "admins", _user_id), []))
+    agent_rate_limit = _or(r.parsed(top, "agent_rate_limit", _parse_rate), _DEFAULT_RATE)
+    alerts_channel = r.parsed(top, "alerts_channel", _channel_id)
+    max_body_bytes = _or(r.count(top, "max_body_bytes"), 262144)
+    digest = r.section(top, "digest", ("channel", "at"))
+    digest_channel = r.parsed(digest, "channel", _channel_id)
+    digest_at = _or(r.parsed(digest, "at", _parse_clock), datetime.time(9, 0))
+    defaults = r.section(top, "defaults", _CATEGORY_KEYS)
+    if "channel" in defaults:
+        r.add(defaults.pop("channel")[1], "a channel cannot be a default: each category sets its own")
+    categories = {
+        name: _category(r, name, key, {**defaults, **r.fields(table, key, _CATEGORY_KEYS)})
+        for name, (table, key) in _named_tables(r, top, "categories").items()
+    }
+    agents = {
+        name: _agent(r, r.fields(table, key, _AGENT_KEYS))
+        for name, (table, key) in _named_tables(r, top, "agents").items()
+    }
+    watchdog = r.section(top, "watchdog", ("max_pending", "max_age"))
+    ai = r.section(top, "ai_review", ("model", "timeout"))
+    model = r.typed(ai, "model", str)
+    if model is not None and not model.strip():
+        r.add("ai_review.model", "must not be empty")
+    config = Config(
+        path=path,
+        timezone=timezone,
+        admins=admins,
+        agent_rate_limit=agent_rate_limit,
+        alerts_channel=alerts_channel,
+        digest_channel=digest_channel,
+        digest_at=digest_at,
+        categories=MappingProxyType(categories),
+        agents=MappingProxyType(agents),
+        default_agent_policy=AgentPolicy(),
+        watchdog_max_pending=r.count(watchdog, "max_pending"),
+        watchdog_max_age=r.parsed(watchdog, "max_age", parse_duration),
+        reviewer_model=model or "claude-sonnet-4-6",
+        reviewer_timeout=_or(r.parsed(ai, "timeout", parse_duration), timedelta(seconds=8)),
+        max_body_bytes=max_body_bytes,
+    )
+    return config, r.problems
+
+
+def check_config(path: Path, env: Mapping[str, str]) -> list[Problem]:
+    """Every problem in the config file at `path` (a missing file is one problem); never raises for them."""
+    return _build(path, env)[1]
+
+
+def load_config(path: Path, env: Mapping[str, str]) -> Config:
+    """Read and validate the config file; raise ConfigError listing every problem found."""
+    config, problems = _build(path, env)
+    if problems:
+        raise ConfigError(problems)
+    return config
