@@ -110,6 +110,39 @@ def db_check() -> None:
     typer.echo("models and migrations agree")
 
 
+@db_app.command("grant-app-role")
+def db_grant_app_role(
+    role: Annotated[str, typer.Argument(help="The PostgreSQL role the server connects as.")],
+) -> None:
+    """PostgreSQL, run as the schema owner: grant ROLE what the server needs; the audit log stays append-only."""
+    import psycopg
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from storage.db import create_db_engine, is_sqlite
+    from storage.privileges import GrantRefused, grant_app_role
+
+    url = os.environ.get("COUNTERSIGN_DATABASE_URL", "sqlite:///countersign.db")
+    engine = create_db_engine(url)
+    if is_sqlite(engine):
+        fail(
+            "SQLite has no roles or grants: whoever can write the database file can change any table. "
+            "There, tamper evidence is the audit log's hash chain (`countersign audit verify`).",
+            2,
+        )
+    try:
+        granted = grant_app_role(engine, role)
+    except GrantRefused as exc:
+        fail(f"not granted: {exc}", 2)
+    except (SQLAlchemyError, psycopg.Error) as exc:
+        fail(f"nothing granted: {exc}", 1)
+    finally:
+        engine.dispose()
+    typer.echo(
+        f"granted {granted.role} the server's privileges on {granted.tables} tables in schema "
+        f"{granted.schema}; on audit_event only SELECT and INSERT"
+    )
+
+
 @agents_app.command("add")
 def agents_add(
     name: str,

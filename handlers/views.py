@@ -23,10 +23,12 @@ def _value(view: dict[str, Any], block: str, action: str) -> str:
 def _meta(view: dict[str, Any]) -> dict[str, Any]:
     try:
         meta = json.loads(view.get("private_metadata") or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         raise DecisionRefused("This form is not one of Countersign's.") from None
+    if not isinstance(meta, dict):
+        raise DecisionRefused("This form is not one of Countersign's.")
     parse_value(f"{meta.get('draft_id')}:{meta.get('version')}")
-    return meta if isinstance(meta, dict) else {}
+    return meta
 
 
 async def _notify(client: AsyncWebClient, meta: dict[str, Any], user: str, text: str) -> None:

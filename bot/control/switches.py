@@ -124,6 +124,8 @@ class Switches:
                 until = now + parse_duration(args[1])
             except ValueError as exc:
                 raise Refused(str(exc)) from None
+            except OverflowError:
+                raise Refused(f"Duration too long: `{args[1][:40]}`.") from None
         with transaction(self.rt.engine) as session:
             value = {"mode": "manual", "by": user, "until": until.isoformat() if until else None}
             queries.set_control(session, f"mode:{category}", value, by=user, at=now)
