@@ -66,7 +66,10 @@ def _statements() -> _Statements:
         usage=sa.select(cap_t.c.scope, cap_t.c.count_used, cap_t.c.amount_used_minor).where(
             cap_t.c.scope.in_(expanding("scopes")), cap_t.c.day == sa.bindparam("day")
         ),
-        answers=sa.select(idem_t).where(idem_t.c.key.in_(expanding("keys"))),
+        # Both IN lists, so the (agent_id, key) primary key serves the lookup.
+        answers=sa.select(idem_t).where(
+            idem_t.c.agent_id.in_(expanding("agents")), idem_t.c.key.in_(expanding("keys"))
+        ),
         forget=sa.delete(idem_t).where(
             idem_t.c.agent_id == sa.bindparam("agent"), idem_t.c.key == sa.bindparam("old_key")
         ),
@@ -146,8 +149,9 @@ def _stored_answers(
     if not pairs:
         return {}
     conn, sql = session.connection(), _statements()
-    # By key alone (one plain IN list), then by agent here: keys are scoped per agent.
-    rows = conn.execute(sql.answers, {"keys": list({key for _, key in pairs})}).all()
+    # Two plain IN lists (not a tuple IN) and the exact pairs picked out here.
+    agents, keys = list({agent for agent, _ in pairs}), list({key for _, key in pairs})
+    rows = conn.execute(sql.answers, {"agents": agents, "keys": keys}).all()
     answers: dict[tuple[int, str], tuple[str, int, dict[str, Any]]] = {}
     expired = []
     for row in rows:
