@@ -201,6 +201,11 @@ async def test_approval_over_the_cap_is_refused_with_usage_and_alerts_fire_once(
     assert "90.00/100.00 USD" in await h.command("U0ALICE", "caps")
 
 
+async def test_a_command_with_a_nul_character_changes_nothing(h: Harness) -> None:
+    assert "NUL" in await h.command("U0ALICE", "pause support-bot bad\x00reason")
+    assert (await h.submit(summary="still flowing"))["status"] == "pending"
+
+
 async def test_a_cap_override_holds_for_the_day_it_was_set(h: Harness) -> None:
     assert "0/5 today" in await h.command("U0ADMIN", "cap refund count=5")
     assert "0/5 today" in await h.command("U0ALICE", "caps")

@@ -68,6 +68,9 @@ class Control(Switches, Overview):
             )
 
     async def _run(self, *, user: str, text: str) -> str:
+        if "\x00" in text:
+            # PostgreSQL text cannot hold NUL: refuse here rather than fail in the database.
+            return "The command contains a NUL character; nothing was changed."
         try:
             words = shlex.split(text)
         except ValueError:
