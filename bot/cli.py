@@ -88,11 +88,18 @@ def check_config_command() -> None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending migrations."""
+    from sqlalchemy.exc import DBAPIError
+
     from storage import migrate
     from storage.db import create_db_engine
 
     url = os.environ.get("COUNTERSIGN_DATABASE_URL", "sqlite:///countersign.db")
-    migrate.upgrade(create_db_engine(url))
+    try:
+        migrate.upgrade(create_db_engine(url))
+    except DBAPIError as exc:
+        # Unreachable, or a role that may not change the schema (run it as the owner).
+        typer.echo(f"db upgrade failed: {str(exc.orig).strip()}", err=True)
+        raise typer.Exit(1) from None
     typer.echo("database is up to date")
 
 

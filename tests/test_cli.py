@@ -264,6 +264,12 @@ def test_db_upgrade_migrates_a_fresh_database_and_is_idempotent(env: dict[str, s
         engine.dispose()
 
 
+def test_db_upgrade_exits_1_with_the_reason_when_the_database_refuses(tmp_path: Path) -> None:
+    result = run(make_env("postgresql://postgres@127.0.0.1:1/test", write_config(tmp_path)), "db", "upgrade")
+    assert result.returncode == 1
+    assert result.stderr.startswith("db upgrade failed: ") and "Traceback" not in result.stderr
+
+
 def test_audit_verify_exits_0_on_a_good_chain_and_1_naming_the_row_after_tampering(
     env: dict[str, str], runtime: Runtime
 ) -> None:
