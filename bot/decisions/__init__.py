@@ -17,6 +17,7 @@ from bot.decisions.outcomes import (
     Outcome,
     _control_refusal,
     _Denied,
+    _enqueue_execution,
     _load,
     _Lost,
     _refuse_audited,
@@ -148,15 +149,7 @@ def retry(
                 after={"status": "approved"},
                 now=now,
             )
-            queries.enqueue(
-                session,
-                "executor.call",
-                {"draft_id": draft.id},
-                now=now,
-                agent_id=draft.agent_id,
-                category=draft.category,
-                max_attempts=rt.executor_attempts,
-            )
+            _enqueue_execution(session, rt, draft, now)
     except _Lost:
         raise DecisionRefused(_who_decided(rt, draft_id)) from None
     except _Denied as denied:

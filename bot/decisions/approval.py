@@ -15,6 +15,7 @@ from bot.decisions.outcomes import (
     Outcome,
     _control_refusal,
     _Denied,
+    _enqueue_execution,
     _load,
     _Lost,
     _refuse_audited,
@@ -165,15 +166,7 @@ def _approve_in(
         post_diff=action == "edit" and body_after != draft.body,
     )
     if category.executor is not None:
-        queries.enqueue(
-            session,
-            "executor.call",
-            {"draft_id": draft.id},
-            now=now,
-            agent_id=draft.agent_id,
-            category=draft.category,
-            max_attempts=rt.executor_attempts,
-        )
+        _enqueue_execution(session, rt, draft, now)
     session.flush()
     usage = caps.usage(session, rt.config, category, now)
     _cap_alerts(session, rt, category, usage, now)

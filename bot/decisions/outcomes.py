@@ -80,3 +80,16 @@ def _load(session: Session, draft_id: str, version: int) -> Draft:
             f"This draft changed since that message was shown; review version {draft.version}."
         )
     return draft
+
+
+def _enqueue_execution(session: Session, rt: Runtime, draft: Draft, now: datetime) -> None:
+    """Queue the executor call for an approved draft; the claim re-checks pause and manual mode."""
+    queries.enqueue(
+        session,
+        "executor.call",
+        {"draft_id": draft.id},
+        now=now,
+        agent_id=draft.agent_id,
+        category=draft.category,
+        max_attempts=rt.executor_attempts,
+    )

@@ -78,7 +78,7 @@ def _statements() -> _Statements:
     )
 
 
-def _read_controls(session: Session, rt: Runtime, items: list[Prepared], day: str) -> _Controls:
+def _read_controls(session: Session, items: list[Prepared], day: str) -> _Controls:
     conn, sql = session.connection(), _statements()
     names = {item.category.name for item in items}
     scopes = {caps.scope(n) for n in names} | {caps.agent_scope(item.agent_name) for item in items}
@@ -121,7 +121,7 @@ def _store(session: Session, rt: Runtime, items: list[Prepared]) -> list[Result 
         if results[i] is None and (item.key is None or first_of_key.get((item.agent_id, item.key)) == i)
     ]
     day = policy.cap_day(now, rt.config.timezone)
-    controls = _read_controls(session, rt, [items[i] for i in new], day) if new else None
+    controls = _read_controls(session, [items[i] for i in new], day) if new else None
     rows = _Rows()
     for index in new:
         assert controls is not None
