@@ -7,7 +7,6 @@ edited, deleted or reordered row breaks the chain at that row.
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 import io
 import json
@@ -20,7 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from storage.db import lock_audit_chain, transaction
+from storage.db import AUDIT_CHAIN_LOCK, transaction
+from storage.rawsql import RawCursor, insert_sql
 from storage.tables import AuditEvent
 
 GENESIS = "0" * 64
@@ -70,22 +70,21 @@ class Event:
     outcome: str = "ok"
 
 
-@functools.cache
-def _statements() -> tuple[sa.Select[int, str], sa.Insert]:
-    """The chain head query and the insert, built once (appending is on the intake hot path)."""
-    head = sa.select(col(AuditEvent.seq), col(AuditEvent.hash)).order_by(col(AuditEvent.seq).desc()).limit(1)
-    return head, sa.insert(AuditEvent.__table__)  # type: ignore[attr-defined]
+_COLUMNS = ("seq", "at", "actor", "action", "subject", "before", "after", "outcome", "prev_hash", "hash")
 
 
 def append_many(session: Session, events: Sequence[Event]) -> None:
-    """Chain and insert events in order, in the caller's transaction, under the chain lock."""
+    """Chain and insert events in order, in the caller's transaction, under the chain lock.
+
+    Plain driver statements (storage/rawsql.py): appending is on the intake hot path.
+    """
     if not events:
         return
-    head, insert = _statements()
-    conn = session.connection()  # Core: the ORM adds nothing to two plain statements
-    lock_audit_chain(session)
-    last = conn.execute(head).first()
-    seq, prev_hash = (last[0], last[1]) if last else (0, GENESIS)
+    db = RawCursor.of(session)
+    if db.postgresql:  # as lock_audit_chain; SQLite's BEGIN IMMEDIATE already serializes
+        db.run(f"SELECT pg_advisory_xact_lock({AUDIT_CHAIN_LOCK})")
+    last = db.rows("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")
+    seq, prev_hash = (last[0][0], last[0][1]) if last else (0, GENESIS)
     rows = []
     for event in events:
         seq += 1
@@ -102,21 +101,21 @@ def append_many(session: Session, events: Sequence[Event]) -> None:
             prev_hash=prev_hash,
         )
         rows.append(
-            {
-                "seq": seq,
-                "at": event.at,
-                "actor": event.actor,
-                "action": event.action,
-                "subject": event.subject,
-                "before": before_json,
-                "after": after_json,
-                "outcome": event.outcome,
-                "prev_hash": prev_hash,
-                "hash": digest,
-            }
+            (
+                seq,
+                db.time(event.at),
+                event.actor,
+                event.action,
+                event.subject,
+                before_json,
+                after_json,
+                event.outcome,
+                prev_hash,
+                digest,
+            )
         )
         prev_hash = digest
-    conn.execute(insert, rows)
+    db.run_many(insert_sql("audit_event", _COLUMNS), rows)
 
 
 def append(

@@ -90,8 +90,11 @@ def transaction(engine: Engine, *, write: bool = True) -> Iterator[Session]:
         yield session
 
 
+AUDIT_CHAIN_LOCK = 7320190  # the PostgreSQL advisory lock key of the audit chain
+
+
 def lock_audit_chain(session: Session) -> None:
     """Serialize audit appends. SQLite already holds the write lock (BEGIN IMMEDIATE)."""
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
-        session.execute(sa.text("SELECT pg_advisory_xact_lock(7320190)"))
+        session.execute(sa.text(f"SELECT pg_advisory_xact_lock({AUDIT_CHAIN_LOCK})"))

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from pydantic_core import PydanticUndefined
 from sqlmodel import Session
 
@@ -19,15 +18,14 @@ from bot.intake.checks import Prepared
 from bot.runtime import Runtime
 from bot.settings import currency_exponent
 from storage import queries
-from storage.tables import Agent, CapUsage, Draft, IdempotencyRecord
+from storage.rawsql import RawCursor, insert_sql, marks
+from storage.tables import Draft
 
 IDEMPOTENCY_RETENTION = timedelta(hours=24)
 
 
-agent_t = Agent.__table__  # type: ignore[attr-defined]
-draft_t = Draft.__table__  # type: ignore[attr-defined]
-idem_t = IdempotencyRecord.__table__  # type: ignore[attr-defined]
-cap_t = CapUsage.__table__  # type: ignore[attr-defined]
+ANSWER_COLUMNS = ("agent_id", "key", "request_hash", "response_status", "response_body", "created_at")
+_TIME_COLUMNS = frozenset({"expires_at", "created_at", "updated_at"})
 
 
 Result = tuple[int, dict[str, Any]]
@@ -41,56 +39,30 @@ class _Controls:
     day: str
 
 
-@dataclass(frozen=True)
-class _Statements:
-    """The hot path's statements, built once: constructing and caching SQL per batch costs more
-    than running it. Executed on the Core connection under the session's transaction."""
-
-    agents: sa.Select[Any]
-    usage: sa.Select[Any]
-    answers: sa.Select[Any]
-    forget: sa.Delete
-    insert_draft: sa.Insert
-    insert_answer: sa.Insert
-
-
-@functools.cache
-def _statements() -> _Statements:
-    def expanding(name: str) -> sa.BindParameter[Any]:
-        return sa.bindparam(name, expanding=True)
-
-    return _Statements(
-        agents=sa.select(agent_t.c.id, agent_t.c.state, agent_t.c.offline).where(
-            agent_t.c.id.in_(expanding("ids"))
-        ),
-        usage=sa.select(cap_t.c.scope, cap_t.c.count_used, cap_t.c.amount_used_minor).where(
-            cap_t.c.scope.in_(expanding("scopes")), cap_t.c.day == sa.bindparam("day")
-        ),
-        # Both IN lists, so the (agent_id, key) primary key serves the lookup.
-        answers=sa.select(idem_t).where(
-            idem_t.c.agent_id.in_(expanding("agents")), idem_t.c.key.in_(expanding("keys"))
-        ),
-        forget=sa.delete(idem_t).where(
-            idem_t.c.agent_id == sa.bindparam("agent"), idem_t.c.key == sa.bindparam("old_key")
-        ),
-        insert_draft=sa.insert(draft_t),
-        insert_answer=sa.insert(idem_t),
-    )
-
-
-def _read_controls(session: Session, items: list[Prepared], day: str) -> _Controls:
-    conn, sql = session.connection(), _statements()
-    names = {item.category.name for item in items}
-    scopes = {caps.scope(n) for n in names} | {caps.agent_scope(item.agent_name) for item in items}
+def _read_controls(db: RawCursor, items: list[Prepared], day: str) -> _Controls:
+    names = sorted({item.category.name for item in items})
+    scopes = sorted({caps.scope(n) for n in names} | {caps.agent_scope(item.agent_name) for item in items})
+    ids = sorted({item.agent_id for item in items})
+    keys = ["pause:all", *(f"mode:{n}" for n in names), *(f"cap:{n}" for n in names)]
     agents = {
         row[0]: (row[1], bool(row[2]))
-        for row in conn.execute(sql.agents, {"ids": list({item.agent_id for item in items})})
+        for row in db.rows(f"SELECT id, state, offline FROM agent WHERE id IN ({marks(len(ids))})", ids)
     }
-    keys = ["pause:all", *(f"mode:{n}" for n in names), *(f"cap:{n}" for n in names)]
     usage = {
-        row[0]: (row[1], row[2]) for row in conn.execute(sql.usage, {"scopes": list(scopes), "day": day})
+        row[0]: (row[1], row[2])
+        for row in db.rows(
+            "SELECT scope, count_used, amount_used_minor FROM cap_usage"
+            f" WHERE day = ? AND scope IN ({marks(len(scopes))})",
+            [day, *scopes],
+        )
     }
-    return _Controls(agents=agents, switches=queries.get_controls(session, keys), usage=usage, day=day)
+    switches = {
+        row[0]: json.loads(row[1])
+        for row in db.rows(
+            f'SELECT "key", value FROM control_state WHERE "key" IN ({marks(len(keys))})', keys
+        )
+    }
+    return _Controls(agents=agents, switches=switches, usage=usage, day=day)
 
 
 @dataclass
@@ -103,9 +75,10 @@ class _Rows:
 
 def _store(session: Session, rt: Runtime, items: list[Prepared]) -> list[Result | CountersignError]:
     now = rt.clock()
+    db = RawCursor.of(session)
     results: list[Result | CountersignError | None] = [None] * len(items)
     first_of_key: dict[tuple[int, str], int] = {}
-    stored = _stored_answers(session, items, now)
+    stored = _stored_answers(db, items, now)
     for index, item in enumerate(items):
         if item.key is None:
             continue
@@ -121,18 +94,24 @@ def _store(session: Session, rt: Runtime, items: list[Prepared]) -> list[Result 
         if results[i] is None and (item.key is None or first_of_key.get((item.agent_id, item.key)) == i)
     ]
     day = policy.cap_day(now, rt.config.timezone)
-    controls = _read_controls(session, [items[i] for i in new], day) if new else None
+    controls = _read_controls(db, [items[i] for i in new], day) if new else None
     rows = _Rows()
     for index in new:
         assert controls is not None
         results[index] = _new_draft(rt, items[index], controls, rows, now)
-    conn, sql = session.connection(), _statements()
+    times = _Times(db)
     if rows.drafts:
-        conn.execute(sql.insert_draft, rows.drafts)
+        columns = _draft_columns()
+        db.run_many(
+            insert_sql("draft", columns), [tuple(times.of(c, row[c]) for c in columns) for row in rows.drafts]
+        )
         audit.append_many(session, rows.events)
         queries.enqueue_many(session, rows.jobs)
     if rows.keys:
-        conn.execute(sql.insert_answer, rows.keys)
+        db.run_many(
+            insert_sql("idempotency_record", ANSWER_COLUMNS),
+            [tuple(times.of(c, row[c]) for c in ANSWER_COLUMNS) for row in rows.keys],
+        )
     for index, item in enumerate(items):
         if results[index] is None and item.key is not None:
             first = results[first_of_key[(item.agent_id, item.key)]]
@@ -142,31 +121,47 @@ def _store(session: Session, rt: Runtime, items: list[Prepared]) -> list[Result 
     return results  # type: ignore[return-value]
 
 
+class _Times:
+    """Stored forms of the few distinct times in a batch (rows share `now`), each converted once."""
+
+    def __init__(self, db: RawCursor) -> None:
+        self._db = db
+        self._seen: dict[datetime, Any] = {}
+
+    def of(self, column: str, value: Any) -> Any:
+        if column not in _TIME_COLUMNS or value is None:
+            return value
+        stored = self._seen.get(value)
+        if stored is None:
+            stored = self._seen[value] = self._db.time(value)
+        return stored
+
+
 def _stored_answers(
-    session: Session, items: list[Prepared], now: datetime
+    db: RawCursor, items: list[Prepared], now: datetime
 ) -> dict[tuple[int, str], tuple[str, int, dict[str, Any]]]:
     pairs = {(item.agent_id, item.key) for item in items if item.key is not None}
     if not pairs:
         return {}
-    conn, sql = session.connection(), _statements()
-    # Two plain IN lists (not a tuple IN) and the exact pairs picked out here.
-    agents, keys = list({agent for agent, _ in pairs}), list({key for _, key in pairs})
-    rows = conn.execute(sql.answers, {"agents": agents, "keys": keys}).all()
+    # Two plain IN lists (not a tuple IN), so the (agent_id, key) primary key serves the lookup;
+    # the exact pairs are picked out here.
+    agents, keys = sorted({agent for agent, _ in pairs}), sorted({key for _, key in pairs})
+    rows = db.rows(
+        'SELECT agent_id, "key", request_hash, response_status, response_body, created_at'
+        f' FROM idempotency_record WHERE agent_id IN ({marks(len(agents))}) AND "key" IN ({marks(len(keys))})',
+        [*agents, *keys],
+    )
+    oldest = db.time(now - IDEMPOTENCY_RETENTION)  # compared in stored form: both drivers order it
     answers: dict[tuple[int, str], tuple[str, int, dict[str, Any]]] = {}
     expired = []
-    for row in rows:
-        if (row.agent_id, row.key) not in pairs:
+    for agent_id, key, request_hash, status, body, created_at in rows:
+        if (agent_id, key) not in pairs:
             continue
-        if row.created_at > now - IDEMPOTENCY_RETENTION:
-            answers[(row.agent_id, row.key)] = (
-                row.request_hash,
-                row.response_status,
-                json.loads(row.response_body),
-            )
+        if created_at > oldest:
+            answers[(agent_id, key)] = (request_hash, status, json.loads(body))
         else:
-            expired.append((row.agent_id, row.key))
-    if expired:
-        conn.execute(sql.forget, [{"agent": agent_id, "old_key": key} for agent_id, key in expired])
+            expired.append((agent_id, key))
+    db.run_many('DELETE FROM idempotency_record WHERE agent_id = ? AND "key" = ?', expired)
     return answers
 
 
@@ -174,6 +169,11 @@ def _replay(item: Prepared, fingerprint: str, status: int, body: dict[str, Any])
     if fingerprint != item.fingerprint:
         return IdempotencyMismatch("Idempotency-Key reused with a different request", field="idempotency_key")
     return status, body
+
+
+@functools.cache
+def _draft_columns() -> tuple[str, ...]:
+    return tuple(column.name for column in Draft.__table__.columns)  # type: ignore[attr-defined]
 
 
 @functools.cache
