@@ -1,12 +1,13 @@
 """Intake benchmark: POST /v1/drafts throughput and latency, Countersign against a bare handler.
 
-Usage: `.venv/bin/python bench/intake.py [--seconds 10] [--clients 16] [--database-url URL]`.
-It starts the real server (`python -m bot serve`) on a fresh temporary SQLite file, or on the
-database that --database-url names (e.g. `postgresql://postgres@127.0.0.1:5432/test`), registers an
-agent with `python -m bot agents add`, and drives POST /v1/drafts in category `reply` (no money),
-each request with its own Idempotency-Key, from --clients concurrent aiohttp clients for --seconds
-(after a one-second warm-up). Slack calls go to a local stub that answers at once, so the outbox
-worker does its normal work. In the same run it starts bench/bare_insert.py, a bare aiohttp handler
+Usage: `.venv/bin/python bench/intake.py [--seconds 10] [--clients 16] [--database-url URL]
+[--risk-workers N]`. It starts the real server (`python -m bot serve`) on a fresh temporary SQLite
+file, or on the database that --database-url names (e.g. `postgresql://postgres@127.0.0.1:5432/test`),
+with `risk_workers = N` in its config when given, registers an agent with `python -m bot agents
+add`, and drives POST /v1/drafts in category `reply` (no money), each request with its own
+Idempotency-Key, from --clients concurrent aiohttp clients for --seconds (after a one-second
+warm-up). Slack calls go to a local stub that answers at once, so the outbox worker does its
+normal work. CPU per request counts the server and its risk worker processes. In the same run it starts bench/bare_insert.py, a bare aiohttp handler
 that checks a bearer token and does one durable SQLite insert (WAL, synchronous=FULL) per request,
 drives it the same way, and prints requests/s, p50 and p99 for both and the ratio
 countersign/bare. It also checks that every 202 left a row. Nothing is asserted: the numbers go in
@@ -105,9 +106,17 @@ class Started:
     pid: int
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of the process so far, all threads (Linux /proc)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU so far of the process (all threads) and of its live child processes
+        (the risk workers), from Linux /proc."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            if stat.parent.name == str(self.pid) or fields[1] == str(self.pid):
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -196,6 +205,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per target")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
     parser.add_argument("--database-url", help="Countersign's database (default: a fresh SQLite file)")
+    parser.add_argument(
+        "--risk-workers", type=int, help="risk_workers in the config (default: the server's own choice)"
+    )
     parser.add_argument("--slack-stub", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.slack_stub:
@@ -204,7 +216,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="cs-bench-") as tmp:
         workdir = Path(tmp)
-        (workdir / "countersign.toml").write_text(CONFIG)
+        workers = "" if args.risk_workers is None else f"risk_workers = {args.risk_workers}\n"
+        (workdir / "countersign.toml").write_text(workers + CONFIG)
         database_url = args.database_url or f"sqlite:///{workdir / 'countersign.db'}"
         slack_port, server_port, bare_port = free_port(), free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "COUNTERSIGN_"))} | {
@@ -263,8 +276,10 @@ def main() -> None:
         bare_stored = count_rows(f"sqlite:///{bare_db}")
 
     backend = "PostgreSQL" if database_url.startswith("postgres") else "SQLite"
+    workers = "server default" if args.risk_workers is None else args.risk_workers
     print(
         f"intake: POST /v1/drafts, {args.clients} clients, {args.seconds:g} s each, countersign on {backend}"
+        f" (risk workers: {workers})"
     )
     print(
         f"{'target':<14}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'rows/202s':>15}"

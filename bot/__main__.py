@@ -2,4 +2,6 @@
 
 from bot.cli import main
 
-main()
+# Guarded: the risk workers are spawned processes, and they import the main module again.
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,7 @@ from bot.metrics import Metrics
 from bot.outbox import Worker
 from bot.ratelimit import RateLimiter
 from bot.reviewer import ClaudeReviewer
+from bot.risk.workers import RuleWorkers, default_workers
 from bot.runtime import Clock, Runtime, utcnow
 from bot.settings import Settings
 from bot.webhooks import WebhookJobs
@@ -121,6 +122,8 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
     app[agent_api.RUNTIME] = rt
     app[agent_api.TOKENS] = TokenCache()
     writer = app[agent_api.INTAKE] = IntakeWriter(rt)
+    workers = default_workers() if config.risk_workers is None else config.risk_workers
+    rules = app[agent_api.RULES] = RuleWorkers(workers)
     app[agent_api.LIMITER] = RateLimiter(
         capacity=config.agent_rate_limit.count, per_seconds=config.agent_rate_limit.per.total_seconds()
     )
@@ -158,6 +161,7 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
     async def background(app: web.Application) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[None]] = []
         stop = asyncio.Event()
+        await rules.start()
         intake_task = asyncio.create_task(writer.run(), name="intake")
         if options.run_workers:
             tasks.append(asyncio.create_task(worker.run(), name="outbox"))
@@ -182,6 +186,7 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
         with contextlib.suppress(asyncio.CancelledError):
             await intake_task
         await webhook_jobs.close()
+        await rules.close()
         await reviewer.aclose()
         rt.engine.dispose()
 

@@ -17,6 +17,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from bot import agents, drafts, intake
 from bot.errors import BadRequest, CountersignError, PayloadTooLarge, RateLimited, Unauthorized, Unavailable
 from bot.ratelimit import RateLimiter
+from bot.risk.workers import RuleWorkers
 from bot.runtime import Runtime
 from bot.schemas import IDEMPOTENCY_KEY_RE, DoneIn, DraftIn
 from handlers.openapi import spec
@@ -28,6 +29,7 @@ RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
 TOKENS: web.AppKey[agents.TokenCache] = web.AppKey("tokens", agents.TokenCache)
 INTAKE: web.AppKey[intake.IntakeWriter] = web.AppKey("intake", intake.IntakeWriter)
+RULES: web.AppKey[RuleWorkers] = web.AppKey("rules", RuleWorkers)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -141,9 +143,9 @@ async def post_draft(request: web.Request) -> web.Response:
         raise BadRequest("the body must be a JSON object")
     draft = DraftIn.model_validate(data)
     key = _idempotency_key(request, draft)
-    prepared = intake.prepare(
-        request.app[RUNTIME], agent=agent, draft=draft, key=key, base_url=_base_url(request)
-    )
+    checked = intake.check(request.app[RUNTIME], agent=agent, draft=draft)
+    findings = await request.app[RULES].check(checked.rule_job())
+    prepared = checked.prepared(findings, key=key, base_url=_base_url(request))
     status, body = await request.app[INTAKE].submit(prepared)
     return web.json_response(body, status=status)
 

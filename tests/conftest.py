@@ -29,6 +29,7 @@ admins = ["U0ADMIN"]
 agent_rate_limit = "{rate}"
 alerts_channel = "C0ALERTS"
 max_body_bytes = 262144
+risk_workers = {risk_workers}
 [digest]
 channel = "C0AUDIT"
 at = "09:00"
@@ -88,10 +89,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def write_config(
-    tmp_path: Path, *, executor_url: str = "http://127.0.0.1:9/refunds", rate: str = "50/s", extra: str = ""
+    tmp_path: Path,
+    *,
+    executor_url: str = "http://127.0.0.1:9/refunds",
+    rate: str = "50/s",
+    extra: str = "",
+    risk_workers: int = 0,
 ) -> Path:
+    """The test config. Risk rules run in the server process unless `risk_workers` says otherwise
+    (the server's own default depends on the machine's cores; tests must not)."""
     path = tmp_path / "countersign.toml"
-    path.write_text(CONFIG.format(executor_url=executor_url, rate=rate) + extra)
+    path.write_text(CONFIG.format(executor_url=executor_url, rate=rate, risk_workers=risk_workers) + extra)
     return path
 
 

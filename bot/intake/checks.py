@@ -1,5 +1,5 @@
 """Checking a submission before any database work: the config, the agent's registration, the
-amount and callback URL, and the risk rules."""
+amount and callback URL (`check`), then the risk rules (`Checked.prepared` takes their findings)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any
 
 from bot import audit, netguard, policy
 from bot.errors import Forbidden, Invalid
-from bot.risk import RiskRules, check_rules, risk_level
+from bot.risk import Finding, RiskRules, risk_level
+from bot.risk.workers import RuleJob, run_job
 from bot.runtime import Runtime
 from bot.schemas import DraftIn
 from bot.settings import Category, currency_exponent
@@ -54,8 +55,47 @@ def agent_categories(agent: Agent) -> list[str]:
     return [name for name in agent.categories.split(",") if name]
 
 
-def prepare(rt: Runtime, *, agent: Agent, draft: DraftIn, key: str | None, base_url: str) -> Prepared:
-    """Validate against the config and the agent's registration; run the risk rules."""
+@dataclass(frozen=True)
+class Checked:
+    """A submission that passed every check but the risk rules (which may run in a worker)."""
+
+    agent: Agent
+    draft: DraftIn
+    category: Category
+    amount: Decimal | None
+    currency: str | None
+
+    def rule_job(self) -> RuleJob:
+        return RuleJob(
+            rules=risk_rules(self.category),
+            body=self.draft.body,
+            context=self.draft.context,
+            amount=self.amount,
+            currency=self.currency,
+        )
+
+    def prepared(self, findings: list[Finding], *, key: str | None, base_url: str) -> Prepared:
+        risk = {
+            "level": risk_level(findings),
+            "findings": [finding.to_dict() for finding in findings],
+            "ai": {"status": "pending" if self.category.ai_review else "off", "note": ""},
+        }
+        return Prepared(
+            agent_id=self.agent.id,  # type: ignore[arg-type]
+            agent_name=self.agent.name,
+            draft=self.draft,
+            category=self.category,
+            amount=self.amount,
+            currency=self.currency,
+            risk=risk,
+            key=key,
+            fingerprint=request_fingerprint(self.draft),
+            base_url=base_url,
+        )
+
+
+def check(rt: Runtime, *, agent: Agent, draft: DraftIn) -> Checked:
+    """Validate against the config and the agent's registration."""
     category = rt.config.categories.get(draft.category)
     if category is None:
         raise Invalid(f"unknown category {draft.category!r}", field="category")
@@ -86,23 +126,11 @@ def prepare(rt: Runtime, *, agent: Agent, draft: DraftIn, key: str | None, base_
             netguard.check_url(draft.callback_url)
         except ValueError as exc:
             raise Invalid(f"callback_url refused: {exc}", field="callback_url") from None
-    findings = check_rules(
-        rules=risk_rules(category), body=draft.body, context=draft.context, amount=amount, currency=currency
-    )
-    risk = {
-        "level": risk_level(findings),
-        "findings": [finding.to_dict() for finding in findings],
-        "ai": {"status": "pending" if category.ai_review else "off", "note": ""},
-    }
-    return Prepared(
-        agent_id=agent.id,  # type: ignore[arg-type]
-        agent_name=agent.name,
-        draft=draft,
-        category=category,
-        amount=amount,
-        currency=currency,
-        risk=risk,
-        key=key,
-        fingerprint=request_fingerprint(draft),
-        base_url=base_url,
-    )
+    return Checked(agent=agent, draft=draft, category=category, amount=amount, currency=currency)
+
+
+def prepare(rt: Runtime, *, agent: Agent, draft: DraftIn, key: str | None, base_url: str) -> Prepared:
+    """Validate and run the risk rules here, in this process (the CLI and tests; the server
+    sends the rules to its RuleWorkers)."""
+    checked = check(rt, agent=agent, draft=draft)
+    return checked.prepared(run_job(checked.rule_job()), key=key, base_url=base_url)

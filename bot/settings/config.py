@@ -19,6 +19,7 @@ from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from bot import netguard
+from bot.risk.workers import MAX_WORKERS as MAX_RISK_WORKERS
 from bot.settings.reader import ConfigError, Problem, _Fields, _kind, _Reader
 from bot.settings.values import (
     RateLimit,
@@ -40,7 +41,14 @@ _T = TypeVar("_T")
 _SLUG = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 
 
-_TOP_KEYS: tuple[str, ...] = ("timezone", "admins", "agent_rate_limit", "alerts_channel", "max_body_bytes")
+_TOP_KEYS: tuple[str, ...] = (
+    "timezone",
+    "admins",
+    "agent_rate_limit",
+    "alerts_channel",
+    "max_body_bytes",
+    "risk_workers",
+)
 _TOP_KEYS += ("digest", "defaults", "categories", "agents", "watchdog", "ai_review")
 _CATEGORY_KEYS: tuple[str, ...] = ("channel", "manual_channel", "reviewers", "reviewer_group", "currency")
 _CATEGORY_KEYS += ("daily_count_cap", "daily_amount_cap", "two_person_above", "max_amount", "expire_after")
@@ -108,6 +116,7 @@ class Config:
     reviewer_model: str
     reviewer_timeout: timedelta
     max_body_bytes: int
+    risk_workers: int | None = None  # processes for the risk rules; None: one per spare core, at most 2
 
     def agent_policy(self, name: str) -> AgentPolicy:
         """The agent's own [agents.NAME] tuning, or the defaults when it has none."""
@@ -241,6 +250,10 @@ def _build(path: Path, env: Mapping[str, str]) -> tuple[Config, list[Problem]]:
     agent_rate_limit = _or(r.parsed(top, "agent_rate_limit", _parse_rate), _DEFAULT_RATE)
     alerts_channel = r.parsed(top, "alerts_channel", _channel_id)
     max_body_bytes = _or(r.count(top, "max_body_bytes"), 262144)
+    risk_workers = r.typed(top, "risk_workers", int)
+    if risk_workers is not None and not 0 <= risk_workers <= MAX_RISK_WORKERS:
+        r.add("risk_workers", f"must be between 0 and {MAX_RISK_WORKERS}, got {risk_workers}")
+        risk_workers = None
     digest = r.section(top, "digest", ("channel", "at"))
     digest_channel = r.parsed(digest, "channel", _channel_id)
     digest_at = _or(r.parsed(digest, "at", _parse_clock), datetime.time(9, 0))
@@ -276,6 +289,7 @@ def _build(path: Path, env: Mapping[str, str]) -> tuple[Config, list[Problem]]:
         reviewer_model=model or "claude-sonnet-4-6",
         reviewer_timeout=_or(r.parsed(ai, "timeout", parse_duration), timedelta(seconds=8)),
         max_body_bytes=max_body_bytes,
+        risk_workers=risk_workers,
     )
     return config, r.problems
 
