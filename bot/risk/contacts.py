@@ -23,6 +23,7 @@ _NUMBER_LABEL = re.compile(
     r"(?:\s*(?:no|nr|number|id|#))?)[\s.:#-]*$",
     re.IGNORECASE,
 )
+_DIGIT = re.compile(r"\d")
 _TOLL_FREE = ("800", "888", "877", "866", "855", "844", "833")
 
 
@@ -100,16 +101,22 @@ def _check_ibans(draft: _Text, ctx: _Text | None) -> list[Finding]:
 
 
 def _emails(text: str) -> list[str]:
+    if "@" not in text:
+        return []
     # "https://help.acme.com@evil.io" is a link with userinfo, not an email; the link check owns it.
     text = _URL.sub(" ", text)
     return [m.group().casefold() for m in _EMAIL.finditer(text)]
 
 
 def _phones(text: str) -> Iterator[str]:
+    if not _DIGIT.search(text):
+        return  # every phone pattern needs a digit
     # Digits inside a card number, an IBAN or a URL are not a phone number.
     taken = bytearray(len(text))
     spans = [span for _, span in _card_numbers(text)]
-    spans += [m.span() for m in _IBAN.finditer(text)] + [m.span() for m in _URL.finditer(text)]
+    spans += [m.span() for m in _IBAN.finditer(text)]
+    if "://" in text:
+        spans += [m.span() for m in _URL.finditer(text)]
     for start, end in spans:
         taken[start:end] = b"\x01" * (end - start)
     for m in _PHONE.finditer(text):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from bot.risk.findings import Finding, RiskRules
@@ -26,26 +27,34 @@ def _check_size(rules: RiskRules, draft: _Text) -> list[Finding]:
 
 # --- secrets ------------------------------------------------------------------------------------
 
-_SECRETS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (name, re.compile(pattern))
-    for name, pattern in (
-        ("private key", r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"),
-        ("Slack token", r"\bxox[abposre]-[A-Za-z0-9-]{10,}"),
-        ("Slack app token", r"\bxapp-\d-[A-Za-z0-9-]{10,}"),
-        ("Anthropic API key", r"\bsk-ant-[A-Za-z0-9_-]{16,}"),
-        ("Stripe key", r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}"),
-        ("API key", r"\bsk-(?:proj-)?[A-Za-z0-9_-]{20,}"),
-        ("AWS access key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
-        ("GitHub token", r"\bgh[pousr]_[A-Za-z0-9]{30,}|\bgithub_pat_[A-Za-z0-9_]{30,}"),
-        ("webhook secret", r"\bwhsec_[A-Za-z0-9+/=]{16,}"),
-        ("Google API key", r"\bAIza[0-9A-Za-z_-]{35}"),
-        ("JSON Web Token", r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
+# Each kind, the literal text any match must contain (a cheap test before the regex; empty: none
+# to test), and the pattern.
+_SECRETS: tuple[tuple[str, tuple[str, ...], re.Pattern[str]], ...] = tuple(
+    (name, needles, re.compile(pattern))
+    for name, needles, pattern in (
+        ("private key", ("-----BEGIN ",), r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"),
+        ("Slack token", ("xox",), r"\bxox[abposre]-[A-Za-z0-9-]{10,}"),
+        ("Slack app token", ("xapp-",), r"\bxapp-\d-[A-Za-z0-9-]{10,}"),
+        ("Anthropic API key", ("sk-ant-",), r"\bsk-ant-[A-Za-z0-9_-]{16,}"),
+        ("Stripe key", ("k_live_", "k_test_"), r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}"),
+        ("API key", ("sk-",), r"\bsk-(?:proj-)?[A-Za-z0-9_-]{20,}"),
+        ("AWS access key", ("AKIA", "ASIA"), r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+        (
+            "GitHub token",
+            ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+            r"\bgh[pousr]_[A-Za-z0-9]{30,}|\bgithub_pat_[A-Za-z0-9_]{30,}",
+        ),
+        ("webhook secret", ("whsec_",), r"\bwhsec_[A-Za-z0-9+/=]{16,}"),
+        ("Google API key", ("AIza",), r"\bAIza[0-9A-Za-z_-]{35}"),
+        ("JSON Web Token", ("eyJ",), r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
         (
             "login and password",
+            ("/",),
             r"(?i)\b(?:login|user(?:name)?)[ \t]*:?[ \t]*\S{1,64}[ \t]*/[ \t]*(?=\S*[\d!@#$%^&*])\S{6,}",
         ),
         (
             "password",
+            (),
             r"(?i)\b(?:password|passwort|mot de passe|contrase[nñ]a|passcode|pin)[ \t]*(?:is|:|=|ist|est|es)"
             r"[ \t]*[\"'`]?(?=\S*[\d!@#$%^&*])\S{6,}",
         ),
@@ -54,8 +63,11 @@ _SECRETS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 
 
 def _check_secrets(draft: _Text) -> list[Finding]:
-    for name, pattern in _SECRETS:
-        if pattern.search(draft.visible):
+    text = draft.visible
+    for name, needles, pattern in _SECRETS:
+        if needles and not any(needle in text for needle in needles):
+            continue
+        if pattern.search(text):
             # Name the kind of secret but never echo it: the message lands in Slack and in logs.
             return [
                 Finding("secret", "high", f"The draft contains a secret ({name}); never send credentials.")
@@ -72,11 +84,21 @@ _DISCLAIMED = re.compile(
 )
 
 
-def _phrase_hit(draft: _Text, phrase: str) -> bool:
+@functools.lru_cache(maxsize=1024)
+def _phrase_pattern(phrase: str) -> tuple[str, re.Pattern[str]] | None:
+    """A forbidden phrase in word form: its letters joined, and its pattern (built once per phrase)."""
     tokens = _words(_fold(phrase)).split()
     if not tokens:
-        return False
+        return None
     pattern = re.compile(r"(?<!\w)" + " ?".join(map(re.escape, tokens)) + _SUFFIX + r"(?!\w)")
+    return "".join(tokens), pattern
+
+
+def _phrase_hit(draft: _Text, phrase: str) -> bool:
+    compiled = _phrase_pattern(phrase)
+    if compiled is None:
+        return False
+    joined, pattern = compiled
     matches = list(pattern.finditer(draft.words))
     if matches:
         # "I can't give legal advice" is the refusal the team wants, not the commitment it forbids.
@@ -85,7 +107,6 @@ def _phrase_hit(draft: _Text, phrase: str) -> bool:
         )
     # Phrases split inside words ("guar antee") only show up with spaces removed; require the
     # match to start a word so that short phrases do not fire inside longer words.
-    joined = "".join(tokens)
     if len(joined) >= 8:
         start = draft.skeleton_letters.find(joined)
         while start != -1:

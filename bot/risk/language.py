@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from bot.risk.findings import Finding
-from bot.risk.links import _BARE_DOMAIN, _EMAIL, _URL
+from bot.risk.links import _BARE_DOMAIN, _DOTTED, _without_addresses
 from bot.risk.text import _fold, _Text, _words
 
 _STOP_WORDS: dict[str, frozenset[str]] = {
@@ -45,7 +45,9 @@ def _languages_of() -> dict[str, tuple[str, ...]]:
 
 def _language(text: _Text) -> str | None:
     # Links and addresses are not language ("acme.com" would count as Portuguese "com").
-    prose = _BARE_DOMAIN.sub(" ", _EMAIL.sub(" ", _URL.sub(" ", text.skeleton)))
+    prose = _without_addresses(text.skeleton, " ")
+    if _DOTTED.search(prose):
+        prose = _BARE_DOMAIN.sub(" ", prose)
     # Folding the skeleton gives `words` again (tests/test_risk.py checks it), so without
     # links or addresses there is nothing to fold twice.
     words = (text.words if prose == text.skeleton else _words(_fold(prose))).split()

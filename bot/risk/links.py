@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import unquote, urlsplit
 
 from bot.risk.findings import Finding, RiskRules
@@ -21,6 +21,8 @@ _BARE_DOMAIN = re.compile(
     r"(?::\d+)?(?:/[^\s<>\"'|\[\](){}]*)?",
     re.IGNORECASE,
 )
+# A bare domain needs a letter or digit, a dot and a letter: prose without that (". Next") has none.
+_DOTTED = re.compile(r"\w\.\w")
 # Here, not in contacts.py, because links and the language check blank addresses out too.
 _EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]{1,64}@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}")
 # Bounded repeats throughout: agent text can be 256 KB and must not make these backtrack for long.
@@ -71,13 +73,27 @@ def _blank(m: re.Match[str]) -> str:
     return " " * len(m.group())
 
 
+def _without_addresses(text: str, replace: str | Callable[[re.Match[str]], str]) -> str:
+    """`text` with URLs, then email addresses, replaced (each needs a literal: test that first)."""
+    if "://" in text:
+        text = _URL.sub(replace, text)
+    if "@" in text:
+        text = _EMAIL.sub(replace, text)
+    return text
+
+
 def _check_links(rules: RiskRules, draft: _Text) -> list[Finding]:
     disguised: list[str] = []
     hidden: set[str] = set()  # hosts already reported as disguised
     # Links whose visible text differs from where they go: Slack, Markdown and HTML syntax.
-    labelled = [(m.group(1), m.group(2)) for m in _SLACK_LINK.finditer(draft.visible)]
-    labelled += [(m.group(2), m.group(1)) for m in _MARKDOWN_LINK.finditer(draft.visible)]
-    labelled += [(m.group(1), m.group(2)) for m in _HTML_LINK.finditer(draft.visible)]
+    # (Each pattern needs a literal that a cheap `in` test rules out first: most drafts have no links.)
+    labelled: list[tuple[str, str]] = []
+    if "<" in draft.visible:
+        labelled += [(m.group(1), m.group(2)) for m in _SLACK_LINK.finditer(draft.visible)]
+    if "](" in draft.visible:
+        labelled += [(m.group(2), m.group(1)) for m in _MARKDOWN_LINK.finditer(draft.visible)]
+    if "<" in draft.visible:
+        labelled += [(m.group(1), m.group(2)) for m in _HTML_LINK.finditer(draft.visible)]
     for url, label in labelled:
         host = _host(url)[0].lower()
         shown = _label_host(label)
@@ -89,7 +105,7 @@ def _check_links(rules: RiskRules, draft: _Text) -> list[Finding]:
             hidden.add(host)
     # Raw URLs and bare domains; the original characters tell whether a homoglyph was used.
     raw_hosts: list[tuple[str, str, bool]] = []
-    for m in _URL.finditer(draft.skeleton):
+    for m in _URL.finditer(draft.skeleton) if "://" in draft.skeleton else ():
         url = draft.visible[m.start() : m.end()].rstrip(_TRAILING)
         host, userinfo = _host(url)
         raw_hosts.append((host, _host(m.group().rstrip(_TRAILING))[0], userinfo))
@@ -97,8 +113,8 @@ def _check_links(rules: RiskRules, draft: _Text) -> list[Finding]:
         for nested in _URL.finditer(unquote(url.split("://", 1)[1])):
             nested_host = _host(nested.group().rstrip(_TRAILING))[0]
             raw_hosts.append((nested_host, nested_host.translate(_HOMOGLYPHS), False))
-    blanked = _EMAIL.sub(_blank, _URL.sub(_blank, draft.skeleton))
-    for m in _BARE_DOMAIN.finditer(blanked):
+    blanked = _without_addresses(draft.skeleton, _blank)
+    for m in _BARE_DOMAIN.finditer(blanked) if _DOTTED.search(blanked) else ():
         original = draft.visible[m.start(1) : m.end(1)]
         raw_hosts.append((original, m.group(1), False))
     not_allowed: dict[str, None] = {}  # ordered and unique
@@ -136,6 +152,8 @@ _USER_MENTION = re.compile(r"<@[uw][a-z0-9]+(?:\|[^>]*)?>")
 
 def _check_mentions(draft: _Text) -> list[Finding]:
     # Matched without homoglyphs or zero-width spaces, but with Slack's punctuation intact.
+    if "@" not in draft.skeleton and "<" not in draft.skeleton:
+        return []  # both patterns need one of them
     text = draft.skeleton.casefold()
     findings: list[Finding] = []
     m = _MASS_MENTION.search(text)

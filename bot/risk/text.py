@@ -28,9 +28,11 @@ _HOMOGLYPHS = str.maketrans(
     "АаВвЕеЁёКкМмНнОоРрСсТтУуХхІіЇїЈјЅѕԁһԛԜԝѴѵɑıΑαΒβΕεΖΗηΙιΚκΜΝνΟοΡρΤτΥυΧχϲϳ",
     "AaBbEeEeKkMmHhOoPpCcTtYyXxIiIiJjSsdhqWwVvaiAaBbEeZHhIiKkMNvOoPpTtYuXxcj",
 )
-_APOSTROPHE_NOT = re.compile("n['`\u2019\u00b4]t\\b")
+_APOSTROPHES = "'`\u2019\u00b4"
+_APOSTROPHE_NOT = re.compile(f"n[{_APOSTROPHES}]t\\b")
 _CANNOT = re.compile(r"\bcannot\b")
 # Letters glued by hyphens, asterisks or dots-in-the-middle ("re-fund", "g*uarantee").
+_GLUE_MARKS = "-_*·•|~^"
 _GLUE = re.compile(r"(?<=[^\W\d_])[-_*·•|~^]+(?=[^\W\d_])")
 # Three or more single letters separated by spaces or punctuation ("g u a r a n t e e").
 _SPACED = re.compile(r"(?<![^\W_])(?:[^\W\d_](?![^\W_])[\W_]{1,3}){2,}[^\W\d_](?![^\W_])")
@@ -41,7 +43,14 @@ _CONJUNCTION = re.compile(r"\b(?:but|however|although|though|whereas|and|aber|ma
 
 
 def _visible(text: str) -> str:
+    if text.isascii():  # NFKC leaves ASCII alone, and every invisible character is beyond it
+        return text
     return unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
+
+
+def _unconfused(text: str) -> str:
+    """Homoglyphs mapped to the Latin letters they imitate (all of them are beyond ASCII)."""
+    return text if text.isascii() else text.translate(_HOMOGLYPHS)
 
 
 def _fold(text: str) -> str:
@@ -51,12 +60,17 @@ def _fold(text: str) -> str:
 
 def _fold_visible(visible: str) -> str:
     """_fold of a text already made visible."""
-    folded = visible.translate(_HOMOGLYPHS).casefold()
+    folded = _unconfused(visible).casefold()
     if not folded.isascii():  # ASCII has no accents to strip: skip the per-character pass
         decomposed = unicodedata.normalize("NFKD", folded)
         folded = "".join(c for c in decomposed if not unicodedata.combining(c))
-    folded = _CANNOT.sub("can not", _APOSTROPHE_NOT.sub(" not", folded))
-    folded = _GLUE.sub("", folded)
+    # Each substitution needs a literal that a cheap `in` test rules out first.
+    if any(mark in folded for mark in _APOSTROPHES):
+        folded = _APOSTROPHE_NOT.sub(" not", folded)
+    if "cannot" in folded:
+        folded = _CANNOT.sub("can not", folded)
+    if any(mark in folded for mark in _GLUE_MARKS):
+        folded = _GLUE.sub("", folded)
     return _SPACED.sub(lambda m: _NON_WORD.sub("", m.group()), folded)
 
 
@@ -77,9 +91,7 @@ class _Text:
     def of(cls, text: str) -> _Text:
         visible = _visible(text)
         folded = _fold_visible(visible)
-        return cls(
-            visible=visible, folded=folded, skeleton=visible.translate(_HOMOGLYPHS), words=_words(folded)
-        )
+        return cls(visible=visible, folded=folded, skeleton=_unconfused(visible), words=_words(folded))
 
     @functools.cached_property
     def skeleton_letters(self) -> str:
