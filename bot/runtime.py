@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import secrets
 import time
 from collections.abc import Callable
@@ -20,10 +19,22 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
+
+
 def new_draft_id() -> str:
-    """A sortable, unguessable id: 48 bits of milliseconds then 80 random bits, base32."""
+    """An unguessable id: 48 bits of milliseconds then 80 random bits, base32 (RFC 4648, lower
+    case). As text it does not sort by time: base32 puts its digits after its letters.
+
+    The same text as `base64.b32encode(raw).decode().lower().rstrip("=")` (tests/test_ids.py),
+    spelled out here because base64's pure-Python encoder costs ~8 µs per draft.
+    """
     raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + secrets.token_bytes(10)
-    return "d_" + base64.b32encode(raw).decode().lower().rstrip("=")
+    return "d_" + _base32(int.from_bytes(raw, "big") << 2, 26)
+
+
+def _base32(number: int, digits: int) -> str:
+    return "".join(_BASE32[(number >> shift) & 31] for shift in range(5 * (digits - 1), -1, -5))
 
 
 def _nothing() -> None:

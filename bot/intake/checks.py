@@ -3,6 +3,7 @@ amount and callback URL (`check`), then the risk rules (`Checked.prepared` takes
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -41,7 +42,9 @@ def request_fingerprint(draft: DraftIn) -> str:
     return hashlib.sha256(audit.canonical(fields).encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=256)
 def risk_rules(category: Category) -> RiskRules:
+    """The rules' settings for a category (built once per category: categories are frozen)."""
     return RiskRules(
         money=category.money,
         max_amount=category.max_amount,

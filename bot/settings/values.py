@@ -4,6 +4,7 @@ time zones, domains and Slack ids. Each parser raises ValueError saying how to w
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,11 @@ _MINOR_UNITS = {
     2: "USD EUR GBP CHF CAD AUD NZD SEK NOK DKK PLN CZK HUF RON BGN TRY RUB UAH ILS AED SAR QAR EGP ZAR"
     " NGN KES GHS MAD INR PKR BDT LKR CNY HKD TWD SGD MYR THB IDR PHP MXN BRL ARS COP PEN UYU",
 }
+
+
+@functools.cache
+def _exponents() -> dict[str, int]:
+    return {code: exponent for exponent, codes in _MINOR_UNITS.items() for code in codes.split()}
 
 
 @dataclass(frozen=True)
@@ -58,9 +64,9 @@ def parse_amount(text: str) -> Decimal:
 
 def currency_exponent(code: str) -> int:
     """Number of minor-unit digits ISO 4217 gives the currency; ValueError for a code not accepted."""
-    for exponent, codes in _MINOR_UNITS.items():
-        if len(code) == 3 and code in codes.split():
-            return exponent
+    exponent = _exponents().get(code)
+    if exponent is not None:
+        return exponent
     raise ValueError(f'unknown currency code: {code!r} (use an ISO 4217 code such as "USD")')
 
 
