@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from bot.risk.workers import RuleJob, RuleWorkers, default_workers, run_job
 from bot.settings import load_config, load_settings
 from handlers.agent_api import RULES, RUNTIME
 from tests.conftest import FrozenClock, make_env, write_config
+from tests.processes import Cluster
 
 RULES_REFUND = RiskRules(
     money=True,
@@ -170,3 +172,48 @@ async def test_the_api_scores_drafts_in_a_worker(tmp_path: Path, db_url: str, cl
     assert pid is not None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the app's cleanup stopped its worker
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == str(pid):
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="reads the process table from /proc")
+def test_a_killed_server_leaves_no_risk_worker_behind(db_url: str, tmp_path: Path) -> None:
+    def two_workers(text: str) -> str:
+        return text.replace("risk_workers = 0", "risk_workers = 2")
+
+    with Cluster.running(db_url, tmp_path, edit_config=two_workers) as cluster:
+        [server] = cluster.start_servers(1)
+        token = cluster.add_agent()
+        draft = cluster.submit(server, token, body="Call me at +1 415 555 0199. I've refunded $30.00.")
+        assert draft["status"] == "pending"
+        risk = cluster.scalar("SELECT risk FROM draft WHERE id = :id", id=draft["id"])
+        assert "foreign_phone" in risk
+        assert server.process is not None
+        children = _children(server.process.pid)
+        spawned = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(spawned) == 2, children  # the rest is multiprocessing's resource tracker
+        server.stop(grace=0)  # kill -9: no cleanup runs in the server
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_running(pid) for pid in children):
+            time.sleep(0.05)
+        # A worker reads EOF on its pipe once the server is gone, and exits; so does the tracker
+        # (a zombie entry may remain until init reaps it: count only processes still running).
+        assert [pid for pid in children if _running(pid)] == []
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
