@@ -205,9 +205,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per target")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
     parser.add_argument("--database-url", help="Countersign's database (default: a fresh SQLite file)")
-    parser.add_argument(
-        "--risk-workers", type=int, help="risk_workers in the config (default: the server's own choice)"
-    )
+    parser.add_argument("--risk-workers", type=int, help="risk_workers in the config (default: not set, 0)")
     parser.add_argument("--slack-stub", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.slack_stub:
@@ -276,7 +274,7 @@ def main() -> None:
         bare_stored = count_rows(f"sqlite:///{bare_db}")
 
     backend = "PostgreSQL" if database_url.startswith("postgres") else "SQLite"
-    workers = "server default" if args.risk_workers is None else args.risk_workers
+    workers = 0 if args.risk_workers is None else args.risk_workers
     print(
         f"intake: POST /v1/drafts, {args.clients} clients, {args.seconds:g} s each, countersign on {backend}"
         f" (risk workers: {workers})"

@@ -27,7 +27,7 @@ from bot.metrics import Metrics
 from bot.outbox import Worker
 from bot.ratelimit import RateLimiter
 from bot.reviewer import ClaudeReviewer
-from bot.risk.workers import RuleWorkers, default_workers
+from bot.risk.workers import RuleWorkers
 from bot.runtime import Clock, Runtime, utcnow
 from bot.settings import Settings
 from bot.webhooks import WebhookJobs
@@ -122,8 +122,7 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
     app[agent_api.RUNTIME] = rt
     app[agent_api.TOKENS] = TokenCache()
     writer = app[agent_api.INTAKE] = IntakeWriter(rt)
-    workers = default_workers() if config.risk_workers is None else config.risk_workers
-    rules = app[agent_api.RULES] = RuleWorkers(workers)
+    rules = app[agent_api.RULES] = RuleWorkers(config.risk_workers)
     app[agent_api.LIMITER] = RateLimiter(
         capacity=config.agent_rate_limit.count, per_seconds=config.agent_rate_limit.per.total_seconds()
     )

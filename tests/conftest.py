@@ -96,8 +96,7 @@ def write_config(
     extra: str = "",
     risk_workers: int = 0,
 ) -> Path:
-    """The test config. Risk rules run in the server process unless `risk_workers` says otherwise
-    (the server's own default depends on the machine's cores; tests must not)."""
+    """The test config (risk rules in the server process unless `risk_workers` says otherwise)."""
     path = tmp_path / "countersign.toml"
     path.write_text(CONFIG.format(executor_url=executor_url, rate=rate, risk_workers=risk_workers) + extra)
     return path

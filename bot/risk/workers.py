@@ -9,8 +9,9 @@ idle a draft leaves at once. Each worker is a spawned process on a private pipe 
 loop watches directly: no extra thread in the server (concurrent.futures' process pool needs
 one, and costs ~200 µs of server CPU per round trip).
 
-With no workers (one core, or `risk_workers = 0` in the config) the rules run in the server
-process. A worker that dies is replaced and its batch checked in the server process, so no draft
+With no workers (`risk_workers = 0`, the default) the rules run in the server process. Workers
+pay off only where intake is CPU-bound and the host has a core to spare: bench/intake.py on two
+cores measured one worker 8% faster with 64 clients and 20% slower with 16 (README). A worker that dies is replaced and its batch checked in the server process, so no draft
 waits on a broken worker; a rule that raises fails only the draft that made it raise.
 """
 
@@ -20,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
-import os
 import pickle
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -67,16 +67,6 @@ def serve(conn: Connection) -> None:
         except Exception as exc:
             answer = ("error", f"{type(exc).__name__}: {exc}")
         conn.send_bytes(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def default_workers() -> int:
-    """None on one or two cores, else one per core beyond two, at most two.
-
-    On two cores a worker competes with the database thread and the OS for the second core:
-    bench/intake.py measured it slower there with 16 clients (faster with 64).
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(2, cores - 2))
 
 
 _Waiting = tuple[RuleJob, "asyncio.Future[list[Finding]]"]

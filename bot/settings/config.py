@@ -116,7 +116,7 @@ class Config:
     reviewer_model: str
     reviewer_timeout: timedelta
     max_body_bytes: int
-    risk_workers: int | None = None  # processes for the risk rules; None: one per spare core, at most 2
+    risk_workers: int = 0  # processes that run the risk rules (bot/risk/workers.py); 0: in-process
 
     def agent_policy(self, name: str) -> AgentPolicy:
         """The agent's own [agents.NAME] tuning, or the defaults when it has none."""
@@ -250,10 +250,10 @@ def _build(path: Path, env: Mapping[str, str]) -> tuple[Config, list[Problem]]:
     agent_rate_limit = _or(r.parsed(top, "agent_rate_limit", _parse_rate), _DEFAULT_RATE)
     alerts_channel = r.parsed(top, "alerts_channel", _channel_id)
     max_body_bytes = _or(r.count(top, "max_body_bytes"), 262144)
-    risk_workers = r.typed(top, "risk_workers", int)
-    if risk_workers is not None and not 0 <= risk_workers <= MAX_RISK_WORKERS:
+    risk_workers = _or(r.typed(top, "risk_workers", int), 0)
+    if not 0 <= risk_workers <= MAX_RISK_WORKERS:
         r.add("risk_workers", f"must be between 0 and {MAX_RISK_WORKERS}, got {risk_workers}")
-        risk_workers = None
+        risk_workers = 0
     digest = r.section(top, "digest", ("channel", "at"))
     digest_channel = r.parsed(digest, "channel", _channel_id)
     digest_at = _or(r.parsed(digest, "at", _parse_clock), datetime.time(9, 0))
