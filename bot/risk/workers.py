@@ -1,9 +1,10 @@
-"""The rule checks in worker processes, so intake's heaviest CPU work leaves the server's core.
+"""The rule checks in worker processes, so intake's largest CPU item can leave the server's core.
 
 The rules are pure functions of the draft, so they can run in any process. A server with a spare
-core sends them to worker processes, many drafts per round trip: a round trip costs the server
-~60 µs of CPU (pickling, one pipe write, one read), about half of checking one short draft, so
-sending drafts one at a time would gain little, while a batch of eight costs ~8 µs per draft.
+core can send them to worker processes, many drafts per round trip: a round trip costs the server
+~60 µs of CPU (pickling, one pipe write, one read), most of what checking one short draft costs
+(~80 µs), so sending drafts one at a time would gain nothing, while a batch of eight costs ~8 µs
+per draft.
 While every worker is busy new drafts wait and leave together with the next batch; when one is
 idle a draft leaves at once. Each worker is a spawned process on a private pipe that the event
 loop watches directly: no extra thread in the server (concurrent.futures' process pool needs
