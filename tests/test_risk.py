@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.risk import Finding, RiskRules, check_rules, risk_level
-from bot.risk.text import _fold, _Text, _words
+from bot.risk.text import RiskText, folded_form, word_form
 
 DOMAINS = ("help.acme.com", "acme.com")
 PHRASES = ("we guarantee", "legal advice")
@@ -806,5 +806,5 @@ _CONFUSABLE = "АаЕеОоРрСсІіЇїɑıΑαΟοϲ\u0301\u0308\u200b\u00a
 @given(st.text(alphabet=st.one_of(st.characters(), st.sampled_from(_CONFUSABLE)), max_size=40))
 def test_folding_the_skeleton_gives_the_same_words(text: str) -> None:
     # The language check relies on this to skip a second fold when a text has no links.
-    folded = _Text.of(text)
-    assert _words(_fold(folded.skeleton)) == folded.words
+    folded = RiskText.of(text)
+    assert word_form(folded_form(folded.skeleton)) == folded.words

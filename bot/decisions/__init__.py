@@ -14,14 +14,14 @@ from sqlmodel import Session, select
 from bot import caps, policy, watchdogs
 from bot.decisions.approval import approve, edit_diff
 from bot.decisions.outcomes import (
+    Denied,
+    Lost,
     Outcome,
-    _control_refusal,
-    _Denied,
-    _enqueue_execution,
-    _load,
-    _Lost,
-    _refuse_audited,
-    _who_decided,
+    control_refusal,
+    enqueue_execution,
+    load_draft,
+    refuse_audited,
+    who_decided,
 )
 from bot.drafts import record_change
 from bot.errors import DecisionRefused
@@ -50,10 +50,10 @@ def reject(
     try:
         with transaction(rt.engine) as session:
             now = rt.clock()
-            draft = _load(session, draft_id, version)
+            draft = load_draft(session, draft_id, version)
             refusal = policy.refusal_to_decide(reviewer, reviewers=reviewers, requested_by=None)
             if refusal:
-                raise _Denied(refusal)
+                raise Denied(refusal)
             won = queries.transition(
                 session,
                 draft.id,
@@ -65,7 +65,7 @@ def reject(
                 updated_at=now,
             )
             if not won:
-                raise _Lost()
+                raise Lost()
             session.add(Decision(draft_id=draft.id, action="reject", by=user, reason=reason, at=now))
             record_change(
                 session,
@@ -78,10 +78,10 @@ def reject(
                 now=now,
             )
             watchdogs.trip_breaker_if_needed(session, rt, draft.agent_id, now)
-    except _Lost:
-        raise DecisionRefused(_who_decided(rt, draft_id)) from None
-    except _Denied as denied:
-        raise _refuse_audited(
+    except Lost:
+        raise DecisionRefused(who_decided(rt, draft_id)) from None
+    except Denied as denied:
+        raise refuse_audited(
             rt, user=user, action="draft.reject_denied", subject=draft_id, why=denied.why
         ) from None
     rt.wake_outbox()
@@ -102,14 +102,14 @@ def retry(
         with transaction(rt.engine) as session:
             lock_audit_chain(session)  # as in approve: see a pause that commits meanwhile
             now = rt.clock()
-            draft = _load(session, draft_id, version)
+            draft = load_draft(session, draft_id, version)
             refusal = policy.refusal_to_decide(reviewer, reviewers=reviewers, requested_by=draft.requested_by)
             if refusal:
-                raise _Denied(refusal)
+                raise Denied(refusal)
             category = rt.config.categories.get(draft.category)
             if category is None or category.executor is None:
                 raise DecisionRefused("This category has no executor to retry.")
-            blocked = _control_refusal(session, draft, now)
+            blocked = control_refusal(session, draft, now)
             if blocked:
                 raise DecisionRefused(blocked)
             if draft.status == "failed":
@@ -138,7 +138,7 @@ def retry(
                 execution_ambiguous=False,
             )
             if not won:
-                raise _Lost()
+                raise Lost()
             record_change(
                 session,
                 rt,
@@ -149,11 +149,11 @@ def retry(
                 after={"status": "approved"},
                 now=now,
             )
-            _enqueue_execution(session, rt, draft, now)
-    except _Lost:
-        raise DecisionRefused(_who_decided(rt, draft_id)) from None
-    except _Denied as denied:
-        raise _refuse_audited(
+            enqueue_execution(session, rt, draft, now)
+    except Lost:
+        raise DecisionRefused(who_decided(rt, draft_id)) from None
+    except Denied as denied:
+        raise refuse_audited(
             rt, user=user, action="draft.retry_denied", subject=draft_id, why=denied.why
         ) from None
     rt.wake_outbox()

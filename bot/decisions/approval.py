@@ -12,14 +12,14 @@ from sqlmodel import Session
 
 from bot import caps, crashpoints, policy
 from bot.decisions.outcomes import (
+    Denied,
+    Lost,
     Outcome,
-    _control_refusal,
-    _Denied,
-    _enqueue_execution,
-    _load,
-    _Lost,
-    _refuse_audited,
-    _who_decided,
+    control_refusal,
+    enqueue_execution,
+    load_draft,
+    refuse_audited,
+    who_decided,
 )
 from bot.drafts import record_change
 from bot.errors import DecisionRefused
@@ -50,10 +50,10 @@ def approve(
         crashpoints.reached("after_approve_commit")
         rt.wake_outbox()
         return outcome
-    except _Lost:
-        raise DecisionRefused(_who_decided(rt, draft_id)) from None
-    except _Denied as denied:
-        raise _refuse_audited(
+    except Lost:
+        raise DecisionRefused(who_decided(rt, draft_id)) from None
+    except Denied as denied:
+        raise refuse_audited(
             rt, user=user, action="draft.approve_denied", subject=draft_id, why=denied.why
         ) from None
 
@@ -74,15 +74,15 @@ def _approve_in(
     # this approval commit after it. (SQLite's BEGIN IMMEDIATE already serializes.)
     lock_audit_chain(session)
     now = rt.clock()
-    draft = _load(session, draft_id, version)
+    draft = load_draft(session, draft_id, version)
     refusal = policy.refusal_to_decide(reviewer, reviewers=reviewers, requested_by=draft.requested_by)
     if refusal:
-        raise _Denied(refusal)
+        raise Denied(refusal)
     if draft.status != "pending":
-        raise _Lost()
+        raise Lost()
     if draft.expires_at <= now:
         raise DecisionRefused("This draft expired before it was decided; nothing was done.")
-    blocked = _control_refusal(session, draft, now)
+    blocked = control_refusal(session, draft, now)
     if blocked:
         raise DecisionRefused(blocked)
     category = rt.config.categories.get(draft.category)
@@ -151,7 +151,7 @@ def _approve_in(
         execution_status="pending" if category.executor else "none",
     )
     if not won:
-        raise _Lost()
+        raise Lost()
     _record_decision(
         session,
         rt,
@@ -166,7 +166,7 @@ def _approve_in(
         post_diff=action == "edit" and body_after != draft.body,
     )
     if category.executor is not None:
-        _enqueue_execution(session, rt, draft, now)
+        enqueue_execution(session, rt, draft, now)
     session.flush()
     usage = caps.usage(session, rt.config, category, now)
     _cap_alerts(session, rt, category, usage, now)
@@ -230,7 +230,7 @@ def _first_approval(
         updated_at=now,
     )
     if not won:
-        raise _Lost()
+        raise Lost()
     _record_decision(
         session,
         rt,

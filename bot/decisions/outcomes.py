@@ -24,17 +24,17 @@ class Outcome:
     final: bool  # the draft reached a decision (False: first of two approvals recorded)
 
 
-class _Lost(Exception):
+class Lost(Exception):
     """Raised inside a transaction to roll it back when another writer won."""
 
 
-class _Denied(Exception):
+class Denied(Exception):
     def __init__(self, why: str) -> None:
         super().__init__(why)
         self.why = why
 
 
-def _refuse_audited(rt: Runtime, *, user: str, action: str, subject: str, why: str) -> DecisionRefused:
+def refuse_audited(rt: Runtime, *, user: str, action: str, subject: str, why: str) -> DecisionRefused:
     now = rt.clock()
     with transaction(rt.engine) as session:
         audit.append(
@@ -49,7 +49,7 @@ def _refuse_audited(rt: Runtime, *, user: str, action: str, subject: str, why: s
     return DecisionRefused(why)
 
 
-def _who_decided(rt: Runtime, draft_id: str) -> str:
+def who_decided(rt: Runtime, draft_id: str) -> str:
     with transaction(rt.engine, write=False) as session:
         draft = session.get(Draft, draft_id)
         if draft is None:
@@ -60,7 +60,7 @@ def _who_decided(rt: Runtime, draft_id: str) -> str:
         return f"Already {draft.status.replace('_', ' ')}{by}."
 
 
-def _control_refusal(session: Session, draft: Draft, now: datetime) -> str | None:
+def control_refusal(session: Session, draft: Draft, now: datetime) -> str | None:
     """Fail closed: a paused agent or a manual category blocks every approval."""
     agent = session.get(Agent, draft.agent_id)
     controls = queries.get_controls(session, ["pause:all", f"mode:{draft.category}"])
@@ -71,7 +71,7 @@ def _control_refusal(session: Session, draft: Draft, now: datetime) -> str | Non
     return None
 
 
-def _load(session: Session, draft_id: str, version: int) -> Draft:
+def load_draft(session: Session, draft_id: str, version: int) -> Draft:
     draft = session.get(Draft, draft_id)
     if draft is None:
         raise DecisionRefused("This draft no longer exists.")
@@ -82,7 +82,7 @@ def _load(session: Session, draft_id: str, version: int) -> Draft:
     return draft
 
 
-def _enqueue_execution(session: Session, rt: Runtime, draft: Draft, now: datetime) -> None:
+def enqueue_execution(session: Session, rt: Runtime, draft: Draft, now: datetime) -> None:
     """Queue the executor call for an approved draft; the claim re-checks pause and manual mode."""
     queries.enqueue(
         session,

@@ -24,7 +24,7 @@ from bot.intake.checks import (
     request_fingerprint,
     risk_rules,
 )
-from bot.intake.store import IDEMPOTENCY_RETENTION, Result, _store
+from bot.intake.store import IDEMPOTENCY_RETENTION, Result, store_batch
 from bot.runtime import Runtime
 from bot.schemas import DraftIn
 from storage.db import transaction
@@ -55,7 +55,7 @@ def write_batch(rt: Runtime, items: list[Prepared]) -> list[Result | Countersign
     for attempt in range(3):
         try:
             with transaction(rt.engine) as session:
-                results = _store(session, rt, items)
+                results = store_batch(session, rt, items)
             crashpoints.reached("after_draft_commit")
             rt.wake_outbox()
             return results

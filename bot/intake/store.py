@@ -73,7 +73,7 @@ class _Rows:
     keys: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _store(session: Session, rt: Runtime, items: list[Prepared]) -> list[Result | CountersignError]:
+def store_batch(session: Session, rt: Runtime, items: list[Prepared]) -> list[Result | CountersignError]:
     now = rt.clock()
     db = RawCursor.of(session)
     results: list[Result | CountersignError | None] = [None] * len(items)

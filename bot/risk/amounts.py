@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from bot.risk.findings import Finding, RiskRules
-from bot.risk.money import _MONEY_TERMS
-from bot.risk.text import _fold, _quote, _Text, _words
+from bot.risk.money import MONEY_TERMS
+from bot.risk.text import RiskText, folded_form, quoted, word_form
 
 _NUMBER = r"\d{1,3}(?:[,.']\d{3})+(?:[.,]\d{1,2})?|\d+(?:[.,]\d{1,2})?"
 _SYMBOL = r"US\$|CA\$|C\$|AU\$|A\$|NZ\$|\$|€|£|¥"
@@ -65,7 +65,7 @@ def _parse_number(raw: str) -> Decimal | None:
         return None
 
 
-def _amounts(text: _Text) -> Iterator[_Amount]:
+def _amounts(text: RiskText) -> Iterator[_Amount]:
     visible = text.visible
     # A real draft names a handful of amounts; the cap keeps a pathological one cheap.
     for m in itertools.islice(_AMOUNT.finditer(visible), _MAX_AMOUNTS):
@@ -82,8 +82,10 @@ def _amounts(text: _Text) -> Iterator[_Amount]:
             currency = _WORD_CURRENCY[(groups["w"] or "").lower()]
         before = _CLAUSE_BREAK.split(visible[max(0, m.start() - 80) : m.start()])[-1]
         after = _CLAUSE_BREAK.split(visible[m.end() : m.end() + 60])[0]
-        window = " ".join(_words(_fold(before)).split()[-5:] + _words(_fold(after)).split()[:3])
-        yield _Amount(value, currency, m.group(), _MONEY_TERMS.search(window) is not None)
+        window = " ".join(
+            word_form(folded_form(before)).split()[-5:] + word_form(folded_form(after)).split()[:3]
+        )
+        yield _Amount(value, currency, m.group(), MONEY_TERMS.search(window) is not None)
 
 
 def _same_currency(text_currency: str, field_currency: str) -> bool:
@@ -92,8 +94,8 @@ def _same_currency(text_currency: str, field_currency: str) -> bool:
     return text_currency == field_currency
 
 
-def _check_amounts(
-    rules: RiskRules, draft: _Text, amount: Decimal | None, currency: str | None
+def check_amounts(
+    rules: RiskRules, draft: RiskText, amount: Decimal | None, currency: str | None
 ) -> list[Finding]:
     findings: list[Finding] = []
     field_currency = (currency or rules.currency).upper()
@@ -123,7 +125,7 @@ def _check_amounts(
                 Finding(
                     "amount_mismatch",
                     "high",
-                    f"The draft promises {_quote(promised[0].text)} but the draft has no amount, "
+                    f"The draft promises {quoted(promised[0].text)} but the draft has no amount, "
                     "so caps would not count it.",
                 )
             )
@@ -134,7 +136,7 @@ def _check_amounts(
             Finding(
                 "amount_mismatch",
                 "high",
-                f"The draft text says {_quote(wrong[0].text)} but the amount is {amount} {field_currency}.",
+                f"The draft text says {quoted(wrong[0].text)} but the amount is {amount} {field_currency}.",
             )
         )
     return findings

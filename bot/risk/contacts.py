@@ -6,8 +6,8 @@ import re
 from collections.abc import Iterator
 
 from bot.risk.findings import Finding, RiskRules
-from bot.risk.links import _EMAIL, _URL, _allowed_host
-from bot.risk.text import _quote, _Text
+from bot.risk.links import EMAIL_PATTERN, URL_PATTERN, allowed_host
+from bot.risk.text import RiskText, quoted
 
 _CARD = re.compile(r"(?<![\d])(?<!\d[ .-])(?:\d[ .-]?){12,18}\d(?![ .-]?\d)")
 _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{1,4}){3,8}(?![A-Za-z0-9])")
@@ -44,7 +44,7 @@ def _card_numbers(text: str) -> Iterator[tuple[str, tuple[int, int]]]:
             yield digits, m.span()
 
 
-def _check_cards(draft: _Text) -> list[Finding]:
+def check_cards(draft: RiskText) -> list[Finding]:
     cards = [digits for digits, _ in _card_numbers(draft.visible)]
     if not cards:
         return []
@@ -82,7 +82,7 @@ def _masked(iban: str) -> str:
     return f"{iban[:4]}…{iban[-4:]}"
 
 
-def _check_ibans(draft: _Text, ctx: _Text | None) -> list[Finding]:
+def check_ibans(draft: RiskText, ctx: RiskText | None) -> list[Finding]:
     found = list(_ibans(draft.visible))
     if not found:
         return []
@@ -104,8 +104,8 @@ def _emails(text: str) -> list[str]:
     if "@" not in text:
         return []
     # "https://help.acme.com@evil.io" is a link with userinfo, not an email; the link check owns it.
-    text = _URL.sub(" ", text)
-    return [m.group().casefold() for m in _EMAIL.finditer(text)]
+    text = URL_PATTERN.sub(" ", text)
+    return [m.group().casefold() for m in EMAIL_PATTERN.finditer(text)]
 
 
 def _phones(text: str) -> Iterator[str]:
@@ -116,7 +116,7 @@ def _phones(text: str) -> Iterator[str]:
     spans = [span for _, span in _card_numbers(text)]
     spans += [m.span() for m in _IBAN.finditer(text)]
     if "://" in text:
-        spans += [m.span() for m in _URL.finditer(text)]
+        spans += [m.span() for m in URL_PATTERN.finditer(text)]
     for start, end in spans:
         taken[start:end] = b"\x01" * (end - start)
     for m in _PHONE.finditer(text):
@@ -138,18 +138,18 @@ def _suffixes(digits: str) -> set[str]:
     return {digits[i:] for i in range(len(digits) - 6)}
 
 
-def _check_contacts(rules: RiskRules, draft: _Text, ctx: _Text | None) -> list[Finding]:
+def check_contacts(rules: RiskRules, draft: RiskText, ctx: RiskText | None) -> list[Finding]:
     findings: list[Finding] = []
     emails = _emails(draft.visible)
     known_emails = set(_emails(ctx.visible)) if emails and ctx is not None else set()
     for email in emails:
-        if email in known_emails or _allowed_host(email.rsplit("@", 1)[1], rules.allowed_link_domains):
+        if email in known_emails or allowed_host(email.rsplit("@", 1)[1], rules.allowed_link_domains):
             continue
         findings.append(
             Finding(
                 "foreign_email",
                 "high",
-                f"The draft contains an email address the customer did not give ({_quote(email)}).",
+                f"The draft contains an email address the customer did not give ({quoted(email)}).",
             )
         )
         break

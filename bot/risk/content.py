@@ -6,12 +6,12 @@ import functools
 import re
 
 from bot.risk.findings import Finding, RiskRules
-from bot.risk.text import _LOOKBACK, _fold, _quote, _Text, _words
+from bot.risk.text import LOOKBACK, RiskText, folded_form, quoted, word_form
 
 # --- size ---------------------------------------------------------------------------------------
 
 
-def _check_size(rules: RiskRules, draft: _Text) -> list[Finding]:
+def check_size(rules: RiskRules, draft: RiskText) -> list[Finding]:
     if not draft.visible.strip():
         return [Finding("empty_body", "high", "The draft is empty.")]
     if len(draft.visible) > rules.max_body_chars:
@@ -62,7 +62,7 @@ _SECRETS: tuple[tuple[str, tuple[str, ...], re.Pattern[str]], ...] = tuple(
 )
 
 
-def _check_secrets(draft: _Text) -> list[Finding]:
+def check_secrets(draft: RiskText) -> list[Finding]:
     text = draft.visible
     for name, needles, pattern in _SECRETS:
         if needles and not any(needle in text for needle in needles):
@@ -87,14 +87,14 @@ _DISCLAIMED = re.compile(
 @functools.lru_cache(maxsize=1024)
 def _phrase_pattern(phrase: str) -> tuple[str, re.Pattern[str]] | None:
     """A forbidden phrase in word form: its letters joined, and its pattern (built once per phrase)."""
-    tokens = _words(_fold(phrase)).split()
+    tokens = word_form(folded_form(phrase)).split()
     if not tokens:
         return None
     pattern = re.compile(r"(?<!\w)" + " ?".join(map(re.escape, tokens)) + _SUFFIX + r"(?!\w)")
     return "".join(tokens), pattern
 
 
-def _phrase_hit(draft: _Text, phrase: str) -> bool:
+def _phrase_hit(draft: RiskText, phrase: str) -> bool:
     compiled = _phrase_pattern(phrase)
     if compiled is None:
         return False
@@ -103,7 +103,7 @@ def _phrase_hit(draft: _Text, phrase: str) -> bool:
     if matches:
         # "I can't give legal advice" is the refusal the team wants, not the commitment it forbids.
         return any(
-            not _DISCLAIMED.search(draft.words[max(0, m.start() - _LOOKBACK) : m.start()]) for m in matches
+            not _DISCLAIMED.search(draft.words[max(0, m.start() - LOOKBACK) : m.start()]) for m in matches
         )
     # Phrases split inside words ("guar antee") only show up with spaces removed; require the
     # match to start a word so that short phrases do not fire inside longer words.
@@ -116,14 +116,14 @@ def _phrase_hit(draft: _Text, phrase: str) -> bool:
     return False
 
 
-def _check_phrases(rules: RiskRules, draft: _Text) -> list[Finding]:
+def check_phrases(rules: RiskRules, draft: RiskText) -> list[Finding]:
     for phrase in rules.forbidden_phrases:
         if _phrase_hit(draft, phrase):
             return [
                 Finding(
                     "forbidden_phrase",
                     "high",
-                    f"The draft makes a commitment this category forbids (\u201c{_quote(phrase)}\u201d).",
+                    f"The draft makes a commitment this category forbids (\u201c{quoted(phrase)}\u201d).",
                 )
             ]
     return []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from bot.risk.findings import Finding
-from bot.risk.text import _quote, _Text
+from bot.risk.text import RiskText, quoted
 
 _INJECTION_WORDS = re.compile(
     r"\b(?:ignore|disregard|forget|override|bypass)\b(?: \w+){0,3}? (?:previous|prior|above|earlier|"
@@ -47,12 +47,12 @@ _INJECTION_MARKUP = re.compile(
 )
 
 
-def _injection(text: _Text) -> str | None:
+def _injection(text: RiskText) -> str | None:
     m = _INJECTION_WORDS.search(text.words) or _INJECTION_MARKUP.search(text.folded)
     return m.group() if m else None
 
 
-def _check_injection(draft: _Text, ctx: _Text | None) -> list[Finding]:
+def check_injection(draft: RiskText, ctx: RiskText | None) -> list[Finding]:
     findings: list[Finding] = []
     hit = _injection(draft)
     if hit:
@@ -61,7 +61,7 @@ def _check_injection(draft: _Text, ctx: _Text | None) -> list[Finding]:
                 "prompt_injection",
                 "high",
                 f"The draft contains instructions aimed at an AI or the reviewer "
-                f"(\u201c{_quote(hit)}\u201d).",
+                f"(\u201c{quoted(hit)}\u201d).",
             )
         )
     hit = _injection(ctx) if ctx is not None else None
@@ -70,7 +70,7 @@ def _check_injection(draft: _Text, ctx: _Text | None) -> list[Finding]:
             Finding(
                 "prompt_injection",
                 "high",
-                f"The customer context tries to instruct the AI (\u201c{_quote(hit)}\u201d); "
+                f"The customer context tries to instruct the AI (\u201c{quoted(hit)}\u201d); "
                 "check the draft did not follow it.",
             )
         )

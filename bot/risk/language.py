@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 
 from bot.risk.findings import Finding
-from bot.risk.links import _BARE_DOMAIN, _DOTTED, _without_addresses
-from bot.risk.text import _fold, _Text, _words
+from bot.risk.links import BARE_DOMAIN_PATTERN, DOTTED_PATTERN, without_addresses
+from bot.risk.text import RiskText, folded_form, word_form
 
 _STOP_WORDS: dict[str, frozenset[str]] = {
     lang: frozenset(words.split())
@@ -43,14 +43,14 @@ def _languages_of() -> dict[str, tuple[str, ...]]:
     return {word: tuple(langs) for word, langs in index.items()}
 
 
-def _language(text: _Text) -> str | None:
+def _language(text: RiskText) -> str | None:
     # Links and addresses are not language ("acme.com" would count as Portuguese "com").
-    prose = _without_addresses(text.skeleton, " ")
-    if _DOTTED.search(prose):
-        prose = _BARE_DOMAIN.sub(" ", prose)
+    prose = without_addresses(text.skeleton, " ")
+    if DOTTED_PATTERN.search(prose):
+        prose = BARE_DOMAIN_PATTERN.sub(" ", prose)
     # Folding the skeleton gives `words` again (tests/test_risk.py checks it), so without
     # links or addresses there is nothing to fold twice.
-    words = (text.words if prose == text.skeleton else _words(_fold(prose))).split()
+    words = (text.words if prose == text.skeleton else word_form(folded_form(prose))).split()
     if len(words) < _MIN_WORDS:
         return None
     scores = dict.fromkeys(_STOP_WORDS, 0.0)
@@ -65,7 +65,7 @@ def _language(text: _Text) -> str | None:
     return best if top >= _MIN_EVIDENCE and top >= 2 * second else None
 
 
-def _check_language(draft: _Text, ctx: _Text | None) -> list[Finding]:
+def check_language(draft: RiskText, ctx: RiskText | None) -> list[Finding]:
     if ctx is None:
         return []
     theirs, ours = _language(ctx), _language(draft)

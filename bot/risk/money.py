@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from bot.risk.findings import Finding, RiskRules
-from bot.risk.text import _LOOKBACK, _alternation, _quote, _Text
+from bot.risk.text import LOOKBACK, RiskText, alternation, quoted
 
-_MONEY_TERMS = _alternation(
+MONEY_TERMS = alternation(
     [
         # English
         r"\w*refund\w*",
@@ -148,9 +148,9 @@ _CONDITIONAL = re.compile(
     r"si|une fois|des que|cuando|una vez|en cuanto|zodra|quando|assim que)\b"
 )
 # What a customer writes when asking for money back.
-_MONEY_REQUEST = _alternation(
+_MONEY_REQUEST = alternation(
     [
-        _MONEY_TERMS.pattern,
+        MONEY_TERMS.pattern,
         r"(?:double|twice|over|wrongly|incorrectly|still) ?charged",
         r"charged (?:me )?(?:twice|two times|double|again|still|wrong\w*|incorrect\w*|extra|too much)",
         r"overcharg\w*",
@@ -186,17 +186,17 @@ class _Promise:
 def _negated(clause: str, start: int, term: str) -> bool:
     if term.startswith(("non", "un")) and "refund" in term:
         return True
-    return any(word in _NEGATIONS for word in clause[max(0, start - _LOOKBACK) : start].split()[-6:])
+    return any(word in _NEGATIONS for word in clause[max(0, start - LOOKBACK) : start].split()[-6:])
 
 
-def _money_promises(text: _Text) -> Iterator[_Promise]:
-    if not _MONEY_TERMS.search(text.words):
+def _money_promises(text: RiskText) -> Iterator[_Promise]:
+    if not MONEY_TERMS.search(text.words):
         return  # every clause is a run of `words`: no term there, none in any clause
     for clauses in text.sentences:
         terms = [
             m.group()
             for clause in clauses
-            for m in _MONEY_TERMS.finditer(clause)
+            for m in MONEY_TERMS.finditer(clause)
             if not _negated(clause, m.start(), m.group()) and not _ABOUT_THE_PROCESS.match(clause, m.end())
         ]
         if not terms:
@@ -207,19 +207,21 @@ def _money_promises(text: _Text) -> Iterator[_Promise]:
             yield _Promise(terms[0], strong, _CONDITIONAL.search(sentence) is not None)
 
 
-def _asked_for_money(context: _Text) -> bool:
+def _asked_for_money(context: RiskText) -> bool:
     if not _MONEY_REQUEST.search(context.words):
         return False
     for clauses in context.sentences:
         for clause in clauses:
             for m in _MONEY_REQUEST.finditer(clause):
-                window = " ".join(clause[max(0, m.start() - _LOOKBACK) : m.start()].split()[-5:])
+                window = " ".join(clause[max(0, m.start() - LOOKBACK) : m.start()].split()[-5:])
                 if not _DECLINED_REQUEST.search(window):
                     return True
     return False
 
 
-def _check_money(rules: RiskRules, draft: _Text, ctx: _Text | None, amount: Decimal | None) -> list[Finding]:
+def check_money(
+    rules: RiskRules, draft: RiskText, ctx: RiskText | None, amount: Decimal | None
+) -> list[Finding]:
     promises = list(_money_promises(draft))
     asked = ctx is not None and _asked_for_money(ctx)
     if not rules.money:
@@ -242,7 +244,7 @@ def _check_money(rules: RiskRules, draft: _Text, ctx: _Text | None, amount: Deci
             Finding(
                 "money_in_non_money_category",
                 "high",
-                f"The draft promises money (\u201c{_quote(flagged[0].term)}\u201d) but this category "
+                f"The draft promises money (\u201c{quoted(flagged[0].term)}\u201d) but this category "
                 f"does not handle money{why}.",
             )
         ]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 _QUOTE_CHARS = 40
 # How far back (in characters of word text) a negation or disclaimer may sit. Bounded so that a
 # huge draft made of repeated phrases stays linear.
-_LOOKBACK = 80
+LOOKBACK = 80
 
 # Invisible characters an agent (or a prompt injected into it) can use to split a word so that a
 # plain substring match misses it.
@@ -24,7 +24,7 @@ _INVISIBLE = dict.fromkeys(
 )
 # Cyrillic and Greek letters that render like Latin ones; one character to one character so that
 # offsets survive the mapping (the link checks rely on that).
-_HOMOGLYPHS = str.maketrans(
+HOMOGLYPHS = str.maketrans(
     "АаВвЕеЁёКкМмНнОоРрСсТтУуХхІіЇїЈјЅѕԁһԛԜԝѴѵɑıΑαΒβΕεΖΗηΙιΚκΜΝνΟοΡρΤτΥυΧχϲϳ",
     "AaBbEeEeKkMmHhOoPpCcTtYyXxIiIiJjSsdhqWwVvaiAaBbEeZHhIiKkMNvOoPpTtYuXxcj",
 )
@@ -42,7 +42,7 @@ _CLAUSE_MARK = re.compile(r"(?:[,:()\[\]{}\"\u201c\u201d\u00ab\u00bb\u2013\u2014
 _CONJUNCTION = re.compile(r"\b(?:but|however|although|though|whereas|and|aber|mais|pero|maar)\b")
 
 
-def _visible(text: str) -> str:
+def visible_form(text: str) -> str:
     if text.isascii():  # NFKC leaves ASCII alone, and every invisible character is beyond it
         return text
     return unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
@@ -50,16 +50,16 @@ def _visible(text: str) -> str:
 
 def _unconfused(text: str) -> str:
     """Homoglyphs mapped to the Latin letters they imitate (all of them are beyond ASCII)."""
-    return text if text.isascii() else text.translate(_HOMOGLYPHS)
+    return text if text.isascii() else text.translate(HOMOGLYPHS)
 
 
-def _fold(text: str) -> str:
+def folded_form(text: str) -> str:
     """Lower-case, accent-free, homoglyph-free text with punctuation kept, for phrase matching."""
-    return _fold_visible(_visible(text))
+    return _fold_visible(visible_form(text))
 
 
 def _fold_visible(visible: str) -> str:
-    """_fold of a text already made visible."""
+    """folded_form of a text already made visible."""
     folded = _unconfused(visible).casefold()
     if not folded.isascii():  # ASCII has no accents to strip: skip the per-character pass
         decomposed = unicodedata.normalize("NFKD", folded)
@@ -74,24 +74,24 @@ def _fold_visible(visible: str) -> str:
     return _SPACED.sub(lambda m: _NON_WORD.sub("", m.group()), folded)
 
 
-def _words(folded: str) -> str:
+def word_form(folded: str) -> str:
     return " ".join(_NON_WORD.sub(" ", folded).split())
 
 
 @dataclass(frozen=True)
-class _Text:
+class RiskText:
     """One text in the forms the rules read; the costlier forms are built only when a rule asks."""
 
     visible: str  # NFKC, invisible characters removed; offsets used for amounts and contacts
-    folded: str  # see _fold
+    folded: str  # see folded_form
     skeleton: str  # `visible` with homoglyphs mapped, same length; used to find links
     words: str  # folded, punctuation dropped, single spaces
 
     @classmethod
-    def of(cls, text: str) -> _Text:
-        visible = _visible(text)
+    def of(cls, text: str) -> RiskText:
+        visible = visible_form(text)
         folded = _fold_visible(visible)
-        return cls(visible=visible, folded=folded, skeleton=_unconfused(visible), words=_words(folded))
+        return cls(visible=visible, folded=folded, skeleton=_unconfused(visible), words=word_form(folded))
 
     @functools.cached_property
     def skeleton_letters(self) -> str:
@@ -114,17 +114,17 @@ class _Text:
         for sentence in _SENTENCE_END.split(self.folded):
             clauses = []
             for part in _CLAUSE_MARK.split(sentence):
-                clauses += [c for c in (_words(p) for p in _CONJUNCTION.split(_words(part))) if c]
+                clauses += [c for c in (word_form(p) for p in _CONJUNCTION.split(word_form(part))) if c]
             if clauses:
                 sentences.append(tuple(clauses))
         return tuple(sentences)
 
 
-def _quote(text: str) -> str:
+def quoted(text: str) -> str:
     """A short, single-line fragment of agent text that is safe to put in a one-line message."""
     flat = " ".join(text.split())
     return flat if len(flat) <= _QUOTE_CHARS else flat[: _QUOTE_CHARS - 1] + "…"
 
 
-def _alternation(patterns: Sequence[str]) -> re.Pattern[str]:
+def alternation(patterns: Sequence[str]) -> re.Pattern[str]:
     return re.compile(r"(?<!\w)(?:" + "|".join(patterns) + r")(?!\w)")

@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bot.settings.config import AgentPolicy, Category, Config, Executor, _build, check_config, load_config
+from bot.settings.config import (
+    AgentPolicy,
+    Category,
+    Config,
+    Executor,
+    build_config,
+    check_config,
+    load_config,
+)
 from bot.settings.reader import ConfigError, Problem
 from bot.settings.values import RateLimit, currency_exponent, parse_amount, parse_duration
 
@@ -60,7 +68,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         message = "expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB"
         problems.append(Problem("environment", "COUNTERSIGN_DATABASE_URL", message))
     config_path = Path(env.get("COUNTERSIGN_CONFIG") or "countersign.toml")
-    config, config_problems = _build(config_path, env)
+    config, config_problems = build_config(config_path, env)
     if problems or config_problems:
         raise ConfigError(problems + config_problems)
     return Settings(

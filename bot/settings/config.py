@@ -20,19 +20,19 @@ from zoneinfo import ZoneInfo
 
 from bot import netguard
 from bot.risk.workers import MAX_WORKERS as MAX_RISK_WORKERS
-from bot.settings.reader import ConfigError, Problem, _Fields, _kind, _Reader
+from bot.settings.reader import ConfigError, Fields, Problem, Reader, kind_name
 from bot.settings.values import (
     RateLimit,
-    _channel_id,
-    _group_id,
-    _parse_clock,
-    _parse_currency,
-    _parse_domain,
-    _parse_phrase,
-    _parse_rate,
-    _parse_zone,
-    _user_id,
+    channel_id,
+    group_id,
+    parse_clock,
+    parse_currency,
+    parse_domain,
     parse_duration,
+    parse_phrase,
+    parse_rate,
+    parse_zone,
+    user_id,
 )
 
 _T = TypeVar("_T")
@@ -127,7 +127,7 @@ def _or(value: _T | None, default: _T) -> _T:
     return default if value is None else value
 
 
-def _executor(r: _Reader, fields: _Fields) -> Executor | None:
+def _executor(r: Reader, fields: Fields) -> Executor | None:
     if "executor" not in fields:
         return None
     table, key = fields["executor"]
@@ -155,14 +155,14 @@ def _is_webhook_secret(secret: str) -> bool:
         return False
 
 
-def _category(r: _Reader, name: str, key: str, f: _Fields) -> Category:
+def _category(r: Reader, name: str, key: str, f: Fields) -> Category:
     if "channel" not in f:
         r.add(f"{key}.channel", "required: the Slack channel id (C…) where drafts are posted")
-    reviewers = frozenset(_or(r.listed(f, "reviewers", _user_id), []))
-    group = r.parsed(f, "reviewer_group", _group_id)
+    reviewers = frozenset(_or(r.listed(f, "reviewers", user_id), []))
+    group = r.parsed(f, "reviewer_group", group_id)
     if "reviewer_group" not in f and not f.get("reviewers", ([], ""))[0]:
         r.add(f"{key}.reviewers", 'required: set reviewers = ["U…"] or reviewer_group = "S…"')
-    currency = r.parsed(f, "currency", _parse_currency) or "USD"
+    currency = r.parsed(f, "currency", parse_currency) or "USD"
     two_person_above = r.amount(f, "two_person_above", currency)
     listed = f.get("reviewers", ([], ""))[0]
     if two_person_above is not None and group is None and isinstance(listed, list) and len(listed) < 2:
@@ -170,8 +170,8 @@ def _category(r: _Reader, name: str, key: str, f: _Fields) -> Category:
     money = r.typed(f, "money", bool)
     return Category(
         name=name,
-        channel=_or(r.parsed(f, "channel", _channel_id), ""),
-        manual_channel=r.parsed(f, "manual_channel", _channel_id),
+        channel=_or(r.parsed(f, "channel", channel_id), ""),
+        manual_channel=r.parsed(f, "manual_channel", channel_id),
         reviewers=reviewers,
         reviewer_group=group,
         daily_count_cap=r.count(f, "daily_count_cap"),
@@ -181,15 +181,15 @@ def _category(r: _Reader, name: str, key: str, f: _Fields) -> Category:
         max_amount=r.amount(f, "max_amount", currency),
         expire_after=_or(r.parsed(f, "expire_after", parse_duration), timedelta(hours=24)),
         executor=_executor(r, f),
-        allowed_link_domains=tuple(_or(r.listed(f, "allowed_link_domains", _parse_domain), [])),
-        forbidden_phrases=tuple(_or(r.listed(f, "forbidden_phrases", _parse_phrase), [])),
+        allowed_link_domains=tuple(_or(r.listed(f, "allowed_link_domains", parse_domain), [])),
+        forbidden_phrases=tuple(_or(r.listed(f, "forbidden_phrases", parse_phrase), [])),
         policy=_or(r.typed(f, "policy", str), ""),
         ai_review=_or(r.typed(f, "ai_review", bool), True),
         money=_or(money, any(k in f for k in ("daily_amount_cap", "two_person_above", "max_amount"))),
     )
 
 
-def _agent(r: _Reader, f: _Fields) -> AgentPolicy:
+def _agent(r: Reader, f: Fields) -> AgentPolicy:
     default = AgentPolicy()
     ratio: Decimal | None = None
     if "breaker_reject_ratio" in f:
@@ -201,7 +201,7 @@ def _agent(r: _Reader, f: _Fields) -> AgentPolicy:
         if ratio is None or not 0 < ratio <= 1:
             r.add(key, f'must be a ratio above 0 and at most 1, e.g. "0.30", got {value!r}')
             ratio = None
-    burst = r.parsed(f, "breaker_burst", _parse_rate)
+    burst = r.parsed(f, "breaker_burst", parse_rate)
     return AgentPolicy(
         heartbeat_timeout=r.parsed(f, "heartbeat_timeout", parse_duration),
         breaker_window=_or(r.count(f, "breaker_window"), default.breaker_window),
@@ -213,26 +213,26 @@ def _agent(r: _Reader, f: _Fields) -> AgentPolicy:
     )
 
 
-def _named_tables(r: _Reader, top: _Fields, section: str) -> _Fields:
+def _named_tables(r: Reader, top: Fields, section: str) -> Fields:
     if section not in top:
         return {}
     raw, key = top[section]
     if not isinstance(raw, dict):
-        r.add(key, f"expected a table, got {_kind(raw)}")
+        r.add(key, f"expected a table, got {kind_name(raw)}")
         return {}
-    tables: _Fields = {}
+    tables: Fields = {}
     for name, table in raw.items():
         if not _SLUG.fullmatch(name):
             r.add(f"{key}.{name}", f"not a valid name: {name!r} (a-z, 0-9, - and _, starting with a letter)")
         if isinstance(table, dict):
             tables[name] = (table, f"{key}.{name}")
         else:
-            r.add(f"{key}.{name}", f"expected a table, got {_kind(table)}")
+            r.add(f"{key}.{name}", f"expected a table, got {kind_name(table)}")
     return tables
 
 
-def _build(path: Path, env: Mapping[str, str]) -> tuple[Config, list[Problem]]:
-    r = _Reader(str(path), env)
+def build_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[Problem]]:
+    r = Reader(str(path), env)
     raw: object = {}
     try:
         with path.open("rb") as file:
@@ -245,18 +245,18 @@ def _build(path: Path, env: Mapping[str, str]) -> tuple[Config, list[Problem]]:
         r.add("", f"not valid TOML: {error}")
     top = r.fields(raw, "", _TOP_KEYS)
     # Read in the order DESIGN.md lays the file out, so problems are listed in an order people recognise.
-    timezone = _or(r.parsed(top, "timezone", _parse_zone), ZoneInfo("UTC"))
-    admins = frozenset(_or(r.listed(top, "admins", _user_id), []))
-    agent_rate_limit = _or(r.parsed(top, "agent_rate_limit", _parse_rate), _DEFAULT_RATE)
-    alerts_channel = r.parsed(top, "alerts_channel", _channel_id)
+    timezone = _or(r.parsed(top, "timezone", parse_zone), ZoneInfo("UTC"))
+    admins = frozenset(_or(r.listed(top, "admins", user_id), []))
+    agent_rate_limit = _or(r.parsed(top, "agent_rate_limit", parse_rate), _DEFAULT_RATE)
+    alerts_channel = r.parsed(top, "alerts_channel", channel_id)
     max_body_bytes = _or(r.count(top, "max_body_bytes"), 262144)
     risk_workers = _or(r.typed(top, "risk_workers", int), 0)
     if not 0 <= risk_workers <= MAX_RISK_WORKERS:
         r.add("risk_workers", f"must be between 0 and {MAX_RISK_WORKERS}, got {risk_workers}")
         risk_workers = 0
     digest = r.section(top, "digest", ("channel", "at"))
-    digest_channel = r.parsed(digest, "channel", _channel_id)
-    digest_at = _or(r.parsed(digest, "at", _parse_clock), datetime.time(9, 0))
+    digest_channel = r.parsed(digest, "channel", channel_id)
+    digest_at = _or(r.parsed(digest, "at", parse_clock), datetime.time(9, 0))
     defaults = r.section(top, "defaults", _CATEGORY_KEYS)
     if "channel" in defaults:
         r.add(defaults.pop("channel")[1], "a channel cannot be a default: each category sets its own")
@@ -296,12 +296,12 @@ def _build(path: Path, env: Mapping[str, str]) -> tuple[Config, list[Problem]]:
 
 def check_config(path: Path, env: Mapping[str, str]) -> list[Problem]:
     """Every problem in the config file at `path` (a missing file is one problem); never raises for them."""
-    return _build(path, env)[1]
+    return build_config(path, env)[1]
 
 
 def load_config(path: Path, env: Mapping[str, str]) -> Config:
     """Read and validate the config file; raise ConfigError listing every problem found."""
-    config, problems = _build(path, env)
+    config, problems = build_config(path, env)
     if problems:
         raise ConfigError(problems)
     return config

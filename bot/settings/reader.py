@@ -11,7 +11,7 @@ from typing import TypeVar
 from bot.settings.values import currency_exponent, parse_amount
 
 _T = TypeVar("_T")
-_Fields = dict[str, tuple[object, str]]  # key -> (raw value, dotted key it came from)
+Fields = dict[str, tuple[object, str]]  # key -> (raw value, dotted key it came from)
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,11 @@ _KINDS: dict[type, str] = {bool: "a boolean", int: "an integer", float: "a float
 _KINDS.update({dict: "a table", list: "an array"})
 
 
-def _kind(value: object) -> str:
+def kind_name(value: object) -> str:
     return _KINDS.get(type(value), type(value).__name__)
 
 
-class _Reader:
+class Reader:
     """Reads typed values out of TOML tables, recording a Problem for each fault and carrying on."""
 
     def __init__(self, file: str, env: Mapping[str, str]) -> None:
@@ -54,11 +54,11 @@ class _Reader:
         if problem not in self.problems:
             self.problems.append(problem)
 
-    def fields(self, table: object, prefix: str, allowed: Sequence[str]) -> _Fields:
+    def fields(self, table: object, prefix: str, allowed: Sequence[str]) -> Fields:
         if not isinstance(table, dict):
-            self.add(prefix, f"expected a table, got {_kind(table)}")
+            self.add(prefix, f"expected a table, got {kind_name(table)}")
             return {}
-        out: _Fields = {}
+        out: Fields = {}
         for name, value in table.items():
             key = f"{prefix}.{name}" if prefix else name
             if name in allowed:
@@ -68,23 +68,23 @@ class _Reader:
                 self.add(key, "unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""))
         return out
 
-    def section(self, top: _Fields, name: str, allowed: Sequence[str]) -> _Fields:
+    def section(self, top: Fields, name: str, allowed: Sequence[str]) -> Fields:
         return self.fields(top[name][0], name, allowed) if name in top else {}
 
-    def typed(self, fields: _Fields, name: str, kind: type[_T]) -> _T | None:
+    def typed(self, fields: Fields, name: str, kind: type[_T]) -> _T | None:
         if name not in fields:
             return None
         value, key = fields[name]
         if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
             return value
-        self.add(key, f"expected {_KINDS[kind]}, got {_kind(value)}")
+        self.add(key, f"expected {_KINDS[kind]}, got {kind_name(value)}")
         return None
 
-    def parsed(self, fields: _Fields, name: str, parse: Callable[[str], _T]) -> _T | None:
+    def parsed(self, fields: Fields, name: str, parse: Callable[[str], _T]) -> _T | None:
         text = self.typed(fields, name, str)
         return None if text is None else self._apply(parse, text, fields[name][1])
 
-    def listed(self, fields: _Fields, name: str, parse: Callable[[str], _T]) -> list[_T] | None:
+    def listed(self, fields: Fields, name: str, parse: Callable[[str], _T]) -> list[_T] | None:
         items = self.typed(fields, name, list)
         if items is None:
             return None
@@ -101,14 +101,14 @@ class _Reader:
             self.add(key, str(error))
             return None
 
-    def count(self, fields: _Fields, name: str) -> int | None:
+    def count(self, fields: Fields, name: str) -> int | None:
         value = self.typed(fields, name, int)
         if value is not None and value <= 0:
             self.add(fields[name][1], f"must be a positive integer, got {value}")
             return None
         return value
 
-    def amount(self, fields: _Fields, name: str, currency: str | None) -> Decimal | None:
+    def amount(self, fields: Fields, name: str, currency: str | None) -> Decimal | None:
         if name not in fields:
             return None
         value, key = fields[name]

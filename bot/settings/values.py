@@ -70,7 +70,7 @@ def currency_exponent(code: str) -> int:
     raise ValueError(f'unknown currency code: {code!r} (use an ISO 4217 code such as "USD")')
 
 
-def _parse_rate(text: str) -> RateLimit:
+def parse_rate(text: str) -> RateLimit:
     match = _RATE.fullmatch(text)
     problem = ValueError(f'not a rate: {text!r} (use e.g. "50/s", "600/m", "3/10m")')
     if match is None or int(match[1]) == 0:
@@ -82,31 +82,31 @@ def _parse_rate(text: str) -> RateLimit:
     return RateLimit(int(match[1]), per)
 
 
-def _parse_clock(text: str) -> datetime.time:
+def parse_clock(text: str) -> datetime.time:
     if (match := _CLOCK.fullmatch(text)) is None:
         raise ValueError(f'not a time of day: {text!r} (use 24-hour "HH:MM", e.g. "09:00")')
     return datetime.time(int(match[1]), int(match[2]))
 
 
-def _parse_zone(text: str) -> ZoneInfo:
+def parse_zone(text: str) -> ZoneInfo:
     try:
         return ZoneInfo(text)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError(f'unknown time zone: {text!r} (use an IANA name such as "Europe/Paris")') from None
 
 
-def _parse_currency(text: str) -> str:
+def parse_currency(text: str) -> str:
     currency_exponent(text)
     return text
 
 
-def _parse_domain(text: str) -> str:
+def parse_domain(text: str) -> str:
     if not _DOMAIN.fullmatch(text.lower()):
         raise ValueError(f'not a domain name: {text!r} (write just the host, e.g. "acme.com")')
     return text.lower()
 
 
-def _parse_phrase(text: str) -> str:
+def parse_phrase(text: str) -> str:
     # An empty phrase would be found in every draft.
     if not text.strip():
         raise ValueError("a forbidden phrase cannot be empty")
@@ -124,8 +124,8 @@ def _slack_id(pattern: str, what: str, hint: str) -> Callable[[str], str]:
     return parse
 
 
-_user_id = _slack_id(
+user_id = _slack_id(
     r"[UW][A-Z0-9]{2,}", "user id", "use the U… id from the member's profile → Copy member ID"
 )
-_channel_id = _slack_id(r"[CGD][A-Z0-9]{2,}", "channel id", "use the C… id from the channel details → About")
-_group_id = _slack_id(r"S[A-Z0-9]{2,}", "user group id", "use the S… id of the user group")
+channel_id = _slack_id(r"[CGD][A-Z0-9]{2,}", "channel id", "use the C… id from the channel details → About")
+group_id = _slack_id(r"S[A-Z0-9]{2,}", "user group id", "use the S… id of the user group")
