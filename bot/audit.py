@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from storage.db import AUDIT_CHAIN_LOCK, transaction
-from storage.rawsql import RawCursor, insert_sql
+from storage.db import transaction
+from storage.rawsql import RawCursor, lock_audit_chain
 from storage.tables import AuditEvent
 
 GENESIS = "0" * 64
@@ -81,8 +81,7 @@ def append_many(session: Session, events: Sequence[Event]) -> None:
     if not events:
         return
     db = RawCursor.of(session)
-    if db.postgresql:  # as lock_audit_chain; SQLite's BEGIN IMMEDIATE already serializes
-        db.run(f"SELECT pg_advisory_xact_lock({AUDIT_CHAIN_LOCK})")
+    lock_audit_chain(session)
     last = db.rows("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")
     seq, prev_hash = (last[0][0], last[0][1]) if last else (0, GENESIS)
     rows = []
@@ -103,7 +102,7 @@ def append_many(session: Session, events: Sequence[Event]) -> None:
         rows.append(
             (
                 seq,
-                db.time(event.at),
+                event.at,
                 event.actor,
                 event.action,
                 event.subject,
@@ -115,7 +114,7 @@ def append_many(session: Session, events: Sequence[Event]) -> None:
             )
         )
         prev_hash = digest
-    db.run_many(insert_sql("audit_event", _COLUMNS), rows)
+    db.insert("audit_event", _COLUMNS, rows)
 
 
 def append(

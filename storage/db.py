@@ -88,13 +88,3 @@ def transaction(engine: Engine, *, write: bool = True) -> Iterator[Session]:
         return
     with lock, Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
-
-
-AUDIT_CHAIN_LOCK = 7320190  # the PostgreSQL advisory lock key of the audit chain
-
-
-def lock_audit_chain(session: Session) -> None:
-    """Serialize audit appends. SQLite already holds the write lock (BEGIN IMMEDIATE)."""
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        session.execute(sa.text(f"SELECT pg_advisory_xact_lock({AUDIT_CHAIN_LOCK})"))

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from storage.db import transaction
-from storage.rawsql import RawCursor, insert_sql
+from storage.rawsql import RawCursor
 from storage.tables import Agent, AgentToken, CapUsage, ControlState, Draft, OutboxJob
 
 draft_t = Draft.__table__  # type: ignore[attr-defined]
@@ -233,17 +233,7 @@ def enqueue_many(session: Session, jobs: list[dict[str, Any]]) -> None:
     """Insert many outbox jobs (rows from `job`) with one driver statement (intake's hot path)."""
     if not jobs:
         return
-    db = RawCursor.of(session)
-    times: dict[datetime, Any] = {}
-    rows = []
-    for job in jobs:
-        row = [job[name] for name in _JOB_COLUMNS]
-        for i in (-2, -1):  # run_after, created_at: a batch shares one or two distinct times
-            if row[i] not in times:
-                times[row[i]] = db.time(row[i])
-            row[i] = times[row[i]]
-        rows.append(row)
-    db.run_many(insert_sql("outbox_job", _JOB_COLUMNS), rows)
+    RawCursor.of(session).insert("outbox_job", _JOB_COLUMNS, [[job[c] for c in _JOB_COLUMNS] for job in jobs])
 
 
 # Jobs that act for an agent are held while it (or everyone) is paused or its category is manual;

@@ -5,7 +5,8 @@ Through SQLAlchemy Core a statement costs ~30 µs of CPU before the driver sees 
 so they go straight to the driver's cursor, in the transaction the session already began.
 
 Values are stored exactly as an ORM write would store them: times go through the column type's
-own bind processor (`RawCursor.time`), once per distinct value instead of once per row. SQL is
+own bind processor (`RawCursor.time`), once per distinct value instead of once per row.
+The PostgreSQL advisory lock of the audit chain is taken here too (`lock_audit_chain`). SQL is
 written with `?` placeholders and spelled `%s` for drivers that want that (psycopg).
 """
 
@@ -35,6 +36,7 @@ class RawCursor:
         self._cursor = conn.connection.cursor()
         self._qmark = conn.dialect.paramstyle == "qmark"
         self._time = _time_processor(conn.dialect)
+        self._times: dict[datetime, Any] = {}  # rows of a batch share one or two distinct times
 
     @classmethod
     def of(cls, session: Session) -> RawCursor:
@@ -53,8 +55,17 @@ class RawCursor:
         return self.dialect.name == "postgresql"
 
     def time(self, value: datetime) -> Any:
-        """An aware datetime in the form its UTCDateTime column stores it."""
-        return self._time(value)
+        """An aware datetime in the form its UTCDateTime column stores it (each distinct value is
+        converted once per transaction)."""
+        stored = self._times.get(value)
+        if stored is None:
+            stored = self._times[value] = self._time(value)
+        return stored
+
+    def insert(self, table: str, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert rows of values in `columns` order, datetimes in their stored form."""
+        stored = [[self.time(v) if isinstance(v, datetime) else v for v in row] for row in rows]
+        self.run_many(_insert_sql(table, columns), stored)
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._errors(sql, params):
@@ -102,7 +113,18 @@ def marks(count: int) -> str:
 
 
 @functools.cache
-def insert_sql(table: str, columns: tuple[str, ...]) -> str:
-    """INSERT of one row of `columns`, for run_many; names quoted ("key", "before" are keywords)."""
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    """INSERT of one row of `columns`; names quoted ("key", "before" are keywords)."""
     names = ", ".join(f'"{name}"' for name in columns)
     return f'INSERT INTO "{table}" ({names}) VALUES ({marks(len(columns))})'
+
+
+AUDIT_CHAIN_LOCK = 7320190  # the PostgreSQL advisory lock key of the audit chain
+
+
+def lock_audit_chain(session: Session) -> None:
+    """Serialize audit appends until the transaction ends. SQLite already holds the write lock
+    (BEGIN IMMEDIATE)."""
+    db = RawCursor.of(session)
+    if db.postgresql:
+        db.run(f"SELECT pg_advisory_xact_lock({AUDIT_CHAIN_LOCK})")

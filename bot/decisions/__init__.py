@@ -27,7 +27,8 @@ from bot.drafts import record_change
 from bot.errors import DecisionRefused
 from bot.runtime import Runtime
 from storage import queries
-from storage.db import lock_audit_chain, transaction
+from storage.db import transaction
+from storage.rawsql import lock_audit_chain
 from storage.tables import Agent, Decision, Draft
 
 __all__ = ["Outcome", "agent_of", "approve", "edit_diff", "expire_due", "reject", "retry"]

@@ -26,7 +26,8 @@ from bot.errors import DecisionRefused
 from bot.runtime import Runtime
 from bot.settings import Category, currency_exponent
 from storage import queries
-from storage.db import lock_audit_chain, transaction
+from storage.db import transaction
+from storage.rawsql import lock_audit_chain
 from storage.tables import Agent, Decision, Draft
 
 

@@ -18,14 +18,13 @@ from bot.intake.checks import Prepared
 from bot.runtime import Runtime
 from bot.settings import currency_exponent
 from storage import queries
-from storage.rawsql import RawCursor, insert_sql, marks
+from storage.rawsql import RawCursor, marks
 from storage.tables import Draft
 
 IDEMPOTENCY_RETENTION = timedelta(hours=24)
 
 
 ANSWER_COLUMNS = ("agent_id", "key", "request_hash", "response_status", "response_body", "created_at")
-_TIME_COLUMNS = frozenset({"expires_at", "created_at", "updated_at"})
 
 
 Result = tuple[int, dict[str, Any]]
@@ -99,19 +98,12 @@ def store_batch(session: Session, rt: Runtime, items: list[Prepared]) -> list[Re
     for index in new:
         assert controls is not None
         results[index] = _new_draft(rt, items[index], controls, rows, now)
-    times = _Times(db)
     if rows.drafts:
         columns = _draft_columns()
-        db.run_many(
-            insert_sql("draft", columns), [tuple(times.of(c, row[c]) for c in columns) for row in rows.drafts]
-        )
+        db.insert("draft", columns, [[row[c] for c in columns] for row in rows.drafts])
         audit.append_many(session, rows.events)
         queries.enqueue_many(session, rows.jobs)
-    if rows.keys:
-        db.run_many(
-            insert_sql("idempotency_record", ANSWER_COLUMNS),
-            [tuple(times.of(c, row[c]) for c in ANSWER_COLUMNS) for row in rows.keys],
-        )
+    db.insert("idempotency_record", ANSWER_COLUMNS, [[row[c] for c in ANSWER_COLUMNS] for row in rows.keys])
     for index, item in enumerate(items):
         if results[index] is None and item.key is not None:
             first = results[first_of_key[(item.agent_id, item.key)]]
@@ -119,22 +111,6 @@ def store_batch(session: Session, rt: Runtime, items: list[Prepared]) -> list[Re
             results[index] = _replay(item, items[first_of_key[(item.agent_id, item.key)]].fingerprint, *first)
     assert all(result is not None for result in results)
     return results  # type: ignore[return-value]
-
-
-class _Times:
-    """Stored forms of the few distinct times in a batch (rows share `now`), each converted once."""
-
-    def __init__(self, db: RawCursor) -> None:
-        self._db = db
-        self._seen: dict[datetime, Any] = {}
-
-    def of(self, column: str, value: Any) -> Any:
-        if column not in _TIME_COLUMNS or value is None:
-            return value
-        stored = self._seen.get(value)
-        if stored is None:
-            stored = self._seen[value] = self._db.time(value)
-        return stored
 
 
 def _stored_answers(
