@@ -1,9 +1,12 @@
 """The intake benchmark's floor: a bare aiohttp handler that checks a bearer token and does one
 durable SQLite insert (WAL, synchronous=FULL) per request.
 
-bench/intake.py runs it as `python bench/bare_insert.py DB_PATH PORT`, with the token to accept in
-the BARE_TOKEN environment variable. It has no idempotency, audit, risk checks or outbox: it is the
-least any durable intake endpoint has to do.
+bench/intake.py runs it as `python bench/bare_insert.py DB_PATH PORT [--risk-rules]`, with the
+token to accept in the BARE_TOKEN environment variable. It has no idempotency, audit, risk checks
+or outbox: it is the least any durable intake endpoint has to do. With --risk-rules it also runs
+Countersign's risk rules on each draft in the handler, before the insert, with the settings of
+the `reply` category in the config COUNTERSIGN_CONFIG names: the floor for an intake that checks
+each draft as it arrives, as DESIGN.md's has to.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ import os
 import sqlite3
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiohttp import web
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def main() -> None:
     path, port = sys.argv[1], int(sys.argv[2])
+    check = _risk_rules() if "--risk-rules" in sys.argv[3:] else None
     agents = {hashlib.sha256(os.environ["BARE_TOKEN"].encode()).hexdigest(): "bench"}
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
@@ -35,6 +42,8 @@ def main() -> None:
         if scheme.lower() != "bearer" or agent is None:
             return web.json_response({"error": {"code": "unauthorized", "message": "bad token"}}, status=401)
         data = await request.json()
+        if check is not None:
+            check(data["body"], data.get("context"))
         draft_id = "d_" + uuid.uuid4().hex
         # Autocommit: the INSERT is its own transaction, fsynced (synchronous=FULL) before we answer.
         db.execute(
@@ -59,6 +68,25 @@ def main() -> None:
     app.router.add_post("/v1/drafts", post_draft)
     app.router.add_get("/healthz", healthz)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def _risk_rules() -> Callable[[str, str | None], object]:
+    """Countersign's risk rules as its server runs them for the `reply` category of the config
+    that COUNTERSIGN_CONFIG names (bench/intake.py writes it)."""
+    sys.path.insert(0, ROOT)
+    from pathlib import Path
+
+    from bot.intake import risk_rules
+    from bot.risk import check_rules
+    from bot.settings.config import load_config
+
+    config = load_config(Path(os.environ["COUNTERSIGN_CONFIG"]), os.environ)
+    rules = risk_rules(config.categories["reply"])
+
+    def check(body: str, context: str | None) -> object:
+        return check_rules(rules=rules, body=body, context=context, amount=None, currency=None)
+
+    return check
 
 
 if __name__ == "__main__":

@@ -7,11 +7,15 @@ with `risk_workers = N` in its config when given, registers an agent with `pytho
 add`, and drives POST /v1/drafts in category `reply` (no money), each request with its own
 Idempotency-Key, from --clients concurrent aiohttp clients for --seconds (after a one-second
 warm-up). Slack calls go to a local stub that answers at once, so the outbox worker does its
-normal work. CPU per request counts the server and its risk worker processes. In the same run it starts bench/bare_insert.py, a bare aiohttp handler
-that checks a bearer token and does one durable SQLite insert (WAL, synchronous=FULL) per request,
-drives it the same way, and prints requests/s, p50 and p99 for both and the ratio
-countersign/bare. It also checks that every 202 left a row. Nothing is asserted: the numbers go in
-the README.
+normal work. CPU per request counts the server and its risk worker processes; client CPU is this
+load generator's own, per request.
+
+In the same run it starts bench/bare_insert.py twice and drives it the same way: a bare aiohttp
+handler that checks a bearer token and does one durable SQLite insert (WAL, synchronous=FULL) per
+request, and the same handler running Countersign's risk rules on each draft before its insert
+("bare + rules": what checking drafts as they arrive costs on its own). It prints requests/s,
+p50, p99 and CPU for all three and Countersign's ratio to each floor, and checks that every 202
+left a row. Nothing is asserted: the numbers go in the README.
 """
 
 from __future__ import annotations
@@ -67,11 +71,16 @@ class Result:
 
     acknowledged: int  # every 202, warm-up included: each must have left a row
     cpu_seconds: float = 0.0  # the server's CPU over the run, warm-up included
+    client_cpu_seconds: float = 0.0  # this load generator's CPU over the same time
 
     @property
     def cpu_per_request(self) -> float:
         """Server CPU microseconds per accepted request: steadier than req/s on a shared machine."""
         return self.cpu_seconds / self.acknowledged * 1e6
+
+    @property
+    def client_cpu_per_request(self) -> float:
+        return self.client_cpu_seconds / self.acknowledged * 1e6
 
     @property
     def rate(self) -> float:
@@ -139,6 +148,7 @@ def started(name: str, args: list[str], env: dict[str, str], workdir: Path, port
 
 async def drive(name: str, url: str, token: str, *, clients: int, seconds: float, warmup: float) -> Result:
     payload = json.dumps(BODY).encode()
+    client_cpu = time.process_time()
     latencies: list[float] = []
     statuses: Counter[int | str] = Counter()
     acknowledged = [0]
@@ -170,7 +180,9 @@ async def drive(name: str, url: str, token: str, *, clients: int, seconds: float
         await asyncio.gather(*(client(began + seconds, True) for _ in range(clients)))
         elapsed = time.perf_counter() - began
     accepted = statuses.pop(202, 0)
-    return Result(name, accepted, statuses, elapsed, latencies, acknowledged[0] + accepted)
+    result = Result(name, accepted, statuses, elapsed, latencies, acknowledged[0] + accepted)
+    result.client_cpu_seconds = time.process_time() - client_cpu
+    return result
 
 
 def count_rows(url: str) -> int:
@@ -200,6 +212,23 @@ def serve_slack_stub(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
+def run_bare(
+    name: str, options: list[str], env: dict[str, str], workdir: Path, args: argparse.Namespace
+) -> tuple[Result, int]:
+    """Start bench/bare_insert.py on a fresh database, drive it, and count the rows it stored."""
+    token = "bare_" + secrets.token_urlsafe(24)
+    database = workdir / f"bare-{secrets.token_hex(3)}.db"
+    port = free_port()
+    command = [sys.executable, str(ROOT / "bench" / "bare_insert.py"), str(database), str(port), *options]
+    with started(name, command, env | {"BARE_TOKEN": token}, workdir, port) as target:
+        cpu = target.cpu_seconds()
+        result = asyncio.run(
+            drive(name, target.url, token, clients=args.clients, seconds=args.seconds, warmup=1.0)
+        )
+        result.cpu_seconds = target.cpu_seconds() - cpu
+    return result, count_rows(f"sqlite:///{database}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per target")
@@ -217,7 +246,7 @@ def main() -> None:
         workers = "" if args.risk_workers is None else f"risk_workers = {args.risk_workers}\n"
         (workdir / "countersign.toml").write_text(workers + CONFIG)
         database_url = args.database_url or f"sqlite:///{workdir / 'countersign.db'}"
-        slack_port, server_port, bare_port = free_port(), free_port(), free_port()
+        slack_port, server_port = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "COUNTERSIGN_"))} | {
             "SLACK_BOT_TOKEN": "xoxb-bench",
             "SLACK_SIGNING_SECRET": "bench-signing-secret",
@@ -255,48 +284,33 @@ def main() -> None:
             ours.cpu_seconds = target.cpu_seconds() - cpu
         stored = count_rows(database_url) - before
 
-        bare_token = "bare_" + secrets.token_urlsafe(24)
-        bare_db = workdir / "bare.db"
-        bare_cmd = [python, str(ROOT / "bench" / "bare_insert.py"), str(bare_db), str(bare_port)]
-        with started("bare", bare_cmd, env | {"BARE_TOKEN": bare_token}, workdir, bare_port) as target:
-            cpu = target.cpu_seconds()
-            bare = asyncio.run(
-                drive(
-                    "bare aiohttp",
-                    target.url,
-                    bare_token,
-                    clients=args.clients,
-                    seconds=args.seconds,
-                    warmup=1.0,
-                )
-            )
-            bare.cpu_seconds = target.cpu_seconds() - cpu
-        bare_stored = count_rows(f"sqlite:///{bare_db}")
+        bare, bare_stored = run_bare("bare aiohttp", [], env, workdir, args)
+        checked, checked_stored = run_bare("bare + rules", ["--risk-rules"], env, workdir, args)
 
     backend = "PostgreSQL" if database_url.startswith("postgres") else "SQLite"
-    workers = 0 if args.risk_workers is None else args.risk_workers
     print(
         f"intake: POST /v1/drafts, {args.clients} clients, {args.seconds:g} s each, countersign on {backend}"
-        f" (risk workers: {workers})"
+        f" (risk workers: {args.risk_workers or 0})"
     )
     print(
-        f"{'target':<14}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'rows/202s':>15}"
-        f"{'CPU us/req':>12}"
+        f"{'target':<15}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'rows/202s':>15}"
+        f"{'CPU us/req':>12}{'client CPU':>12}"
     )
-    for result, rows in ((ours, stored), (bare, bare_stored)):
+    results = ((ours, stored), (bare, bare_stored), (checked, checked_stored))
+    for result, rows in results:
         errors = sum(result.errors.values())
         print(
-            f"{result.name:<14}{result.rate:>12.1f}{result.percentile(50):>9.1f}"
+            f"{result.name:<15}{result.rate:>12.1f}{result.percentile(50):>9.1f}"
             f"{result.percentile(99):>9.1f}{errors:>8}{f'{rows}/{result.acknowledged}':>15}"
-            f"{result.cpu_per_request:>12.0f}"
+            f"{result.cpu_per_request:>12.0f}{result.client_cpu_per_request:>12.0f}"
         )
         if result.errors:
             print(f"  non-202 answers: {dict(result.errors)}")
-    print(f"ratio countersign/bare: {ours.rate / bare.rate:.2f} (throughput)")
-    print(
-        f"server CPU per request: countersign {ours.cpu_per_request:.0f} us "
-        f"bare {bare.cpu_per_request:.0f} us, ratio bare/countersign {bare.cpu_per_request / ours.cpu_per_request:.2f}"
-    )
+    for floor in (bare, checked):
+        print(
+            f"countersign/{floor.name}: throughput {ours.rate / floor.rate:.2f}, "
+            f"CPU per request {floor.cpu_per_request / ours.cpu_per_request:.2f} (floor/countersign)"
+        )
 
 
 if __name__ == "__main__":
