@@ -346,6 +346,11 @@ def test_card_number_is_silent_when_digits_are_not_a_card(body: str) -> None:
     assert "card_number" not in codes(check(body))
 
 
+def test_card_number_is_high_when_written_in_other_digits() -> None:
+    # Arabic-Indic digits are digits to the rules too: the ASCII-only digit count must not skip them.
+    assert "card_number" in codes(check("You paid with card \u0664\u0661\u0661\u0661 " + "\u0661" * 12 + "."))
+
+
 def test_card_number_is_high_when_customer_gave_it_first() -> None:
     number = "4242 4242 4242 4242"
     findings = check(f"Your card {number} was charged.", context=f"my card is {number}")
@@ -414,6 +419,11 @@ def test_foreign_phone_is_high_when_number_is_not_the_customers(phone: str) -> N
     finding = only(findings, "foreign_phone")
     assert finding.severity == "high"
     assert phone not in finding.message
+
+
+def test_foreign_phone_is_high_when_written_in_other_digits() -> None:
+    phone = "\u0666\u0661\u0667 \u0665\u0665\u0665 \u0660\u0661\u0663\u0664"  # 617 555 0134
+    assert "foreign_phone" in codes(check(f"Call the account holder on {phone}.", context=NOT_ASKED))
 
 
 def test_foreign_phone_is_high_when_labelled_as_a_phone_number() -> None:
@@ -561,6 +571,8 @@ def test_user_mention_is_medium_when_draft_tags_a_slack_user() -> None:
         "-----BEGIN PRIVATE KEY-----",
         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJvcHMifQ.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
         "password: Acme!2024#tmp",
+        "PIN: 48392017",
+        "p\u0131n: 48392017",  # a dotless i: re.IGNORECASE still reads it as "pin"
     ],
 )
 def test_secret_is_high_when_draft_contains_a_credential(secret: str) -> None:

@@ -24,6 +24,9 @@ _NUMBER_LABEL = re.compile(
     re.IGNORECASE,
 )
 _DIGIT = re.compile(r"\d")
+_ASCII_DIGITS = "0123456789"
+_CARD_DIGITS = 13  # the fewest digits _CARD matches
+_PHONE_DIGITS = 7  # the fewest digits _phones yields
 _TOLL_FREE = ("800", "888", "877", "866", "855", "844", "833")
 
 
@@ -37,7 +40,15 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _fewer_digits(text: str, needed: int) -> bool:
+    """Whether the text certainly holds fewer digits than `needed`: a few C-level counts instead
+    of a regex scan. Only ASCII texts are counted: a regex digit also matches other scripts' digits."""
+    return text.isascii() and sum(map(text.count, _ASCII_DIGITS)) < needed
+
+
 def _card_numbers(text: str) -> Iterator[tuple[str, tuple[int, int]]]:
+    if _fewer_digits(text, _CARD_DIGITS):
+        return
     for m in _CARD.finditer(text):
         digits = re.sub(r"\D", "", m.group())
         if 13 <= len(digits) <= 19 and len(set(digits)) > 1 and _luhn(digits):
@@ -109,8 +120,8 @@ def _emails(text: str) -> list[str]:
 
 
 def _phones(text: str) -> Iterator[str]:
-    if not _DIGIT.search(text):
-        return  # every phone pattern needs a digit
+    if _fewer_digits(text, _PHONE_DIGITS) or not _DIGIT.search(text):
+        return
     # Digits inside a card number, an IBAN or a URL are not a phone number.
     taken = bytearray(len(text))
     spans = [span for _, span in _card_numbers(text)]
@@ -122,7 +133,7 @@ def _phones(text: str) -> Iterator[str]:
     for m in _PHONE.finditer(text):
         raw = m.group()
         digits = re.sub(r"\D", "", raw)
-        if not 7 <= len(digits) <= 15 or _DATE.match(raw):
+        if not _PHONE_DIGITS <= len(digits) <= 15 or _DATE.match(raw):
             continue
         if raw.isdigit() and not raw.startswith("+"):
             continue  # a bare run of digits is an order or account number far more often

@@ -28,9 +28,10 @@ def check_size(rules: RiskRules, draft: RiskText) -> list[Finding]:
 # --- secrets ------------------------------------------------------------------------------------
 
 # Each kind, the literal text any match must contain (a cheap test before the regex; empty: none
-# to test), and the pattern.
-_SECRETS: tuple[tuple[str, tuple[str, ...], re.Pattern[str]], ...] = tuple(
-    (name, needles, re.compile(pattern))
+# to test), and the pattern. Needles of case-blind patterns are lower-case and tested on the
+# lower-cased text, ASCII texts only: under re.IGNORECASE the dotless i (U+0131) matches "i".
+_SECRETS: tuple[tuple[str, tuple[str, ...], re.Pattern[str], bool], ...] = tuple(
+    (name, needles, re.compile(pattern), pattern.startswith("(?i)"))
     for name, needles, pattern in (
         ("private key", ("-----BEGIN ",), r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"),
         ("Slack token", ("xox",), r"\bxox[abposre]-[A-Za-z0-9-]{10,}"),
@@ -54,7 +55,7 @@ _SECRETS: tuple[tuple[str, tuple[str, ...], re.Pattern[str]], ...] = tuple(
         ),
         (
             "password",
-            (),
+            ("pass", "contrase", "pin"),
             r"(?i)\b(?:password|passwort|mot de passe|contrase[nñ]a|passcode|pin)[ \t]*(?:is|:|=|ist|est|es)"
             r"[ \t]*[\"'`]?(?=\S*[\d!@#$%^&*])\S{6,}",
         ),
@@ -64,8 +65,12 @@ _SECRETS: tuple[tuple[str, tuple[str, ...], re.Pattern[str]], ...] = tuple(
 
 def check_secrets(draft: RiskText) -> list[Finding]:
     text = draft.visible
-    for name, needles, pattern in _SECRETS:
-        if needles and not any(needle in text for needle in needles):
+    lower = text.lower() if text.isascii() else None
+    for name, needles, pattern, case_blind in _SECRETS:
+        if case_blind:
+            if lower is not None and not any(needle in lower for needle in needles):
+                continue
+        elif needles and not any(needle in text for needle in needles):
             continue
         if pattern.search(text):
             # Name the kind of secret but never echo it: the message lands in Slack and in logs.
