@@ -37,6 +37,7 @@ _GLUE = re.compile(r"(?<=[^\W\d_])[-_*·•|~^]+(?=[^\W\d_])")
 # Three or more single letters separated by spaces or punctuation ("g u a r a n t e e").
 _SPACED = re.compile(r"(?<![^\W_])(?:[^\W\d_](?![^\W_])[\W_]{1,3}){2,}[^\W\d_](?![^\W_])")
 _NON_WORD = re.compile(r"[\W_]+")
+_WORD_RUN = re.compile(r"[^\W_]+")
 _SENTENCE_END = re.compile(r"[!?;\n\u3002\u00a1\u00bf]+|\.(?!\d)|(?<!\d)\.")
 _CLAUSE_MARK = re.compile(r"(?:[,:()\[\]{}\"\u201c\u201d\u00ab\u00bb\u2013\u2014]|\s-\s)+")
 _CONJUNCTION = re.compile(r"\b(?:but|however|although|though|whereas|and|aber|mais|pero|maar)\b")
@@ -75,7 +76,8 @@ def _fold_visible(visible: str) -> str:
 
 
 def word_form(folded: str) -> str:
-    return " ".join(_NON_WORD.sub(" ", folded).split())
+    """The text's runs of letters and digits, joined by single spaces."""
+    return " ".join(_WORD_RUN.findall(folded))
 
 
 @dataclass(frozen=True)
