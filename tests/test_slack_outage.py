@@ -13,10 +13,11 @@ async def test_drafts_wait_out_a_slack_outage_and_are_posted_exactly_once(
     db_url: str, tmp_path: Path
 ) -> None:
     async with harness(db_url, tmp_path) as h:
-        h.slack.fail("chat.postMessage", status=500, times=4)
-        h.slack.fail("conversations.history", status=500, times=1)
+        # Faults are scoped to the drafts' channel: a digest due at startup must not take them.
+        h.slack.fail("chat.postMessage", status=500, times=4, channel="C0REFUNDS")
+        h.slack.fail("conversations.history", status=500, times=1, channel="C0REFUNDS")
         created = [await h.submit(summary=f"outage {n}") for n in range(4)]
-        h.slack.fail("chat.postMessage", status=429, times=2, retry_after=1)
+        h.slack.fail("chat.postMessage", status=429, times=2, retry_after=1, channel="C0REFUNDS")
         for draft in created:
             await h.posted(draft["id"])
         refund_posts = posts_to(h, "C0REFUNDS")
@@ -32,8 +33,9 @@ async def test_drafts_wait_out_a_slack_outage_and_are_posted_exactly_once(
 
 async def test_a_post_that_timed_out_after_posting_is_not_posted_again(db_url: str, tmp_path: Path) -> None:
     async with harness(db_url, tmp_path) as h:
-        # Slack posts the message but the answer arrives after the client gave up.
-        h.slack.fail("chat.postMessage", status="timeout", times=1, delay=12)
+        # Slack posts the message but the answer arrives after the client gave up. (Faults are
+        # scoped to the draft's channel: after 09:00 New York time the digest posts at startup.)
+        h.slack.fail("chat.postMessage", status="timeout", times=1, delay=12, channel="C0REFUNDS")
         created = await h.submit()
         message = await h.posted(created["id"], timeout=30)
         assert message["channel"] == "C0REFUNDS"

@@ -490,6 +490,18 @@ async def test_500_and_scripted_slack_errors(slack: SlackDouble, client: AsyncWe
     assert server.value.response.status_code == 500
 
 
+async def test_fault_scoped_to_a_channel_spares_other_channels(
+    slack: SlackDouble, client: AsyncWebClient
+) -> None:
+    slack.fail("chat.postMessage", status=500, channel="C0002")
+    assert (await client.chat_postMessage(channel="C0001", text="elsewhere"))["ok"]
+    with pytest.raises(SlackApiError) as err:
+        await client.chat_postMessage(channel="C0002", text="scripted")
+    assert err.value.response.status_code == 500
+    assert (await client.chat_postMessage(channel="C0002", text="used up"))["ok"]
+    assert [c.status for c in slack.calls("chat.postMessage")] == [200, 500, 200]
+
+
 async def test_timeout_mode_performs_the_call_but_answers_late(slack: SlackDouble) -> None:
     slack.fail("chat.postMessage", status="timeout", delay=0.5)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.1)) as session:

@@ -14,6 +14,7 @@ class _Fault:
     retry_after: int | None
     error: str
     delay: float
+    channel: str | None = None  # only calls to this channel take the fault
 
 
 class _Faults:
@@ -30,8 +31,11 @@ class _Faults:
         retry_after: int | None = 1,
         error: str | None = None,
         delay: float = 0.0,
+        channel: str | None = None,
     ) -> None:
-        """Script the next ``times`` calls of ``method`` (``"*"`` = any Web API method).
+        """Script the next ``times`` calls of ``method`` (``"*"`` = any Web API method), or with
+        ``channel`` only those calls whose ``channel`` argument is that channel (so a test is not
+        disturbed by other posts, such as a digest that comes due while it runs).
 
         ``method="response_url"`` scripts POSTs to the response_url sink instead (text bodies).
 
@@ -44,17 +48,17 @@ class _Faults:
         default_error = (
             "ratelimited" if status == 429 else "fatal_error" if status == 200 else "internal_error"
         )
-        fault = _Fault(status, times, retry_after, error or default_error, delay)
+        fault = _Fault(status, times, retry_after, error or default_error, delay, channel)
         self._faults.setdefault(method, deque()).append(fault)
 
-    def _take_fault(self, method: str) -> _Fault | None:
+    def _take_fault(self, method: str, channel: object = None) -> _Fault | None:
         # "*" covers Web API methods only; response_url posts are scripted by name.
         for key in (method, "*") if method != "response_url" else (method,):
-            queue = self._faults.get(key)
-            if queue:
-                fault = queue[0]
+            for fault in self._faults.get(key, ()):
+                if fault.channel is not None and fault.channel != channel:
+                    continue
                 fault.remaining -= 1
                 if fault.remaining <= 0:
-                    queue.popleft()
+                    self._faults[key].remove(fault)
                 return fault
         return None

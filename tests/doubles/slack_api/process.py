@@ -174,6 +174,7 @@ class SlackDoubleProcess:
         retry_after: int | None = 1,
         error: str | None = None,
         delay: float = 0.0,
+        channel: str | None = None,
     ) -> None:
         spec = {
             "method": method,
@@ -181,6 +182,7 @@ class SlackDoubleProcess:
             "times": times,
             "retry_after": retry_after,
             "delay": delay,
+            "channel": channel,
         }
         self._post("/_double/fail", {**spec, "error": error})
 

@@ -195,7 +195,7 @@ class SlackDouble(_WebApiMethods, _ResponseUrls, _Faults):
         handler = self._handlers.get(method)
         if handler is None:
             return self._answer(call, _Answer(_error("unknown_method", req_method=method)))
-        fault = self._take_fault(method)
+        fault = self._take_fault(method, params.get("channel"))
         if fault is not None and fault.status != "timeout":
             await asyncio.sleep(fault.delay)
             headers = {}
