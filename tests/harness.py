@@ -20,7 +20,8 @@ from bot.app import Options, create_app
 from bot.runtime import Runtime
 from bot.settings import load_settings
 from handlers.agent_api import RUNTIME
-from storage.tables import Draft
+from storage.db import transaction
+from storage.tables import Draft, ScheduleClaim
 from tests.conftest import SIGNING_SECRET, make_env, write_config
 from tests.doubles import signing
 from tests.doubles.receiver import Receiver
@@ -48,6 +49,15 @@ class ShiftedClock:
 
     def advance(self, **kwargs: float) -> None:
         self.offset += timedelta(**kwargs)
+
+
+def _claim_todays_digest(rt: Runtime, now: datetime) -> None:
+    """Claim the digest that `digest.claim_due` would post today (yesterday's), as if posted."""
+    yesterday = now.astimezone(rt.config.timezone).date() - timedelta(days=1)
+    name = f"digest:{yesterday.isoformat()}"
+    with transaction(rt.engine) as session:
+        if session.get(ScheduleClaim, name) is None:  # a restarted harness finds its own claim
+            session.add(ScheduleClaim(name=name, claimed_by="harness", claimed_at=now))
 
 
 @dataclass
@@ -189,8 +199,14 @@ async def harness(
     extra_config: str = "",
     agent: tuple[str, str] | None = None,
     env: dict[str, str] | None = None,
+    digest_due: bool = False,
 ) -> AsyncIterator[Harness]:
-    """Start everything; `agent` (token, callback secret) reuses an agent registered by an earlier run."""
+    """Start everything; `agent` (token, callback secret) reuses an agent registered by an earlier run.
+
+    The daily digest is due from 09:00 New York time until it is posted, so a fresh database would
+    post one at startup for part of each day only. Unless `digest_due`, the harness starts with
+    that digest already claimed, so tests see the same Slack traffic at any hour.
+    """
     slack = SlackDouble(users=USERS)
     executor, callbacks = Receiver(), Receiver()
     await slack.start()
@@ -209,6 +225,8 @@ async def harness(
         )
         app = create_app(settings, options)
         rt = app[RUNTIME]
+        if not digest_due:
+            _claim_todays_digest(rt, clock())
         if agent is None:
             registered = agents.add(
                 rt,

@@ -139,7 +139,7 @@ def test_digest_print_cli_prints_the_same_numbers(
 
 
 async def test_scheduled_digest_is_posted_once_with_its_chart(db_url: str, tmp_path: Path) -> None:
-    async with harness(db_url, tmp_path) as h:
+    async with harness(db_url, tmp_path, digest_due=True) as h:
         await h.submit()
         local = h.clock().astimezone(h.rt.config.timezone)
         due = datetime.combine(local.date(), h.rt.config.digest_at, tzinfo=h.rt.config.timezone)
