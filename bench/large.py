@@ -41,7 +41,8 @@ from tests.processes import ServerProcess  # noqa: E402
 def fill(rt: Runtime, agent_id: int, count: int, now: datetime) -> list[str]:
     rng = random.Random(1)
     ids: list[str] = []
-    drafts, decisions = [], []
+    drafts: list[dict[str, object]] = []
+    decisions: list[dict[str, object]] = []
     for n in range(count):
         created = now - timedelta(seconds=rng.randrange(7 * 86400))
         draft_id = new_draft_id()

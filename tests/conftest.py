@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bot import agents
@@ -137,7 +138,7 @@ def rt(settings: Settings, clock: FrozenClock) -> Iterator[Runtime]:
 
 @dataclass
 class Api:
-    client: TestClient[object, object]
+    client: TestClient[web.Request, web.Application]
     token: str
     other_token: str
     rt: Runtime
