@@ -18,6 +18,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aiohttp import web
 
@@ -74,8 +75,6 @@ def _risk_rules() -> Callable[[str, str | None], object]:
     """Countersign's risk rules as its server runs them for the `reply` category of the config
     that COUNTERSIGN_CONFIG names (bench/intake.py writes it)."""
     sys.path.insert(0, ROOT)
-    from pathlib import Path
-
     from bot.intake import risk_rules
     from bot.risk import check_rules
     from bot.settings.config import load_config

@@ -245,6 +245,11 @@ def png(digest: Digest) -> bytes:
     return chart.bar_chart([(a, e, r) for _, a, e, r in digest.trend])
 
 
+def claim_name(day: date) -> str:
+    """The schedule claim that marks `day`'s digest as taken (one per day across replicas)."""
+    return f"digest:{day.isoformat()}"
+
+
 def claim_due(rt: Runtime, *, worker: str) -> tuple[date, bool] | None:
     """If yesterday's digest is due and unclaimed, claim it: (day, late). Once per day across replicas."""
     if rt.config.digest_channel is None:
@@ -258,9 +263,7 @@ def claim_due(rt: Runtime, *, worker: str) -> tuple[date, bool] | None:
     late = local > due_at + LATE_AFTER
     try:
         with transaction(rt.engine) as session:
-            session.add(
-                ScheduleClaim(name=f"digest:{day.isoformat()}", claimed_by=worker, claimed_at=now, late=late)
-            )
+            session.add(ScheduleClaim(name=claim_name(day), claimed_by=worker, claimed_at=now, late=late))
             session.flush()
             queries.enqueue(
                 session, "slack.digest", {"day": day.isoformat(), "late": late}, now=now, max_attempts=1000

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from aiohttp.test_utils import TestClient, TestServer
 from sqlmodel import col
 
-from bot import agents
+from bot import agents, digest
 from bot.app import Options, create_app
 from bot.runtime import Runtime
 from bot.settings import load_settings
@@ -54,7 +54,7 @@ class ShiftedClock:
 def _claim_todays_digest(rt: Runtime, now: datetime) -> None:
     """Claim the digest that `digest.claim_due` would post today (yesterday's), as if posted."""
     yesterday = now.astimezone(rt.config.timezone).date() - timedelta(days=1)
-    name = f"digest:{yesterday.isoformat()}"
+    name = digest.claim_name(yesterday)
     with transaction(rt.engine) as session:
         if session.get(ScheduleClaim, name) is None:  # a restarted harness finds its own claim
             session.add(ScheduleClaim(name=name, claimed_by="harness", claimed_at=now))

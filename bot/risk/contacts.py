@@ -51,7 +51,7 @@ def _card_numbers(text: str) -> Iterator[tuple[str, tuple[int, int]]]:
         return
     for m in _CARD.finditer(text):
         digits = re.sub(r"\D", "", m.group())
-        if 13 <= len(digits) <= 19 and len(set(digits)) > 1 and _luhn(digits):
+        if _CARD_DIGITS <= len(digits) <= 19 and len(set(digits)) > 1 and _luhn(digits):
             yield digits, m.span()
 
 
