@@ -1,9 +1,12 @@
 """The intake benchmark's floor: a bare aiohttp handler that checks a bearer token and does one
-durable SQLite insert (WAL, synchronous=FULL) per request.
+durable insert per request: SQLite (WAL, synchronous=FULL), or PostgreSQL (autocommit, the
+server's own durable commit: fsync and synchronous_commit on).
 
-bench/intake.py runs it as `python bench/bare_insert.py DB_PATH PORT [--risk-rules]`, with the
-token to accept in the BARE_TOKEN environment variable. It has no idempotency, audit, risk checks
-or outbox: it is the least any durable intake endpoint has to do. With --risk-rules it also runs
+bench/intake.py runs it as `python bench/bare_insert.py DATABASE PORT [--risk-rules]`, with the
+token to accept in the BARE_TOKEN environment variable. DATABASE is a SQLite file path, or a
+`postgresql://` URL: there the handler uses its own table, BARE_TABLE (created, left for the
+caller to drop). It has no idempotency, audit, risk checks or outbox: it is the least any durable
+intake endpoint has to do. With --risk-rules it also runs
 Countersign's risk rules on each draft in the handler, before the insert, with the settings of
 the `reply` category in the config COUNTERSIGN_CONFIG names: the floor for an intake that checks
 each draft as it arrives, as DESIGN.md's has to.
@@ -16,26 +19,28 @@ import os
 import sqlite3
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 from aiohttp import web
 
+Insert = Callable[[Sequence[str | None]], object]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TABLE = "draft"  # SQLite: the file is the handler's own
+COLUMNS = (
+    "id TEXT PRIMARY KEY, agent TEXT NOT NULL, idempotency_key TEXT, category TEXT NOT NULL,"
+    " summary TEXT NOT NULL, body TEXT NOT NULL, created_at TEXT NOT NULL"
+)
 
 
 def main() -> None:
-    path, port = sys.argv[1], int(sys.argv[2])
+    database, port = sys.argv[1], int(sys.argv[2])
     check = _risk_rules() if "--risk-rules" in sys.argv[3:] else None
     agents = {hashlib.sha256(os.environ["BARE_TOKEN"].encode()).hexdigest(): "bench"}
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS draft (id TEXT PRIMARY KEY, agent TEXT NOT NULL, idempotency_key TEXT,"
-        " category TEXT NOT NULL, summary TEXT NOT NULL, body TEXT NOT NULL, created_at TEXT NOT NULL)"
-    )
+    insert = _postgresql(database) if database.startswith("postgresql://") else _sqlite(database)
 
     async def post_draft(request: web.Request) -> web.Response:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -46,9 +51,8 @@ def main() -> None:
         if check is not None:
             check(data["body"], data.get("context"))
         draft_id = "d_" + uuid.uuid4().hex
-        # Autocommit: the INSERT is its own transaction, fsynced (synchronous=FULL) before we answer.
-        db.execute(
-            "INSERT INTO draft VALUES (?, ?, ?, ?, ?, ?, ?)",
+        # Autocommit: the INSERT is its own transaction, durable before we answer.
+        insert(
             (
                 draft_id,
                 agent,
@@ -69,6 +73,23 @@ def main() -> None:
     app.router.add_post("/v1/drafts", post_draft)
     app.router.add_get("/healthz", healthz)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def _sqlite(path: str) -> Insert:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({COLUMNS})")
+    statement = f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)"
+    return lambda row: db.execute(statement, row)
+
+
+def _postgresql(url: str) -> Insert:
+    table = os.environ["BARE_TABLE"]
+    db = psycopg.connect(url, autocommit=True)
+    db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({COLUMNS})")
+    statement = f"INSERT INTO {table} VALUES (%s, %s, %s, %s, %s, %s, %s)"
+    return lambda row: db.execute(statement, row, prepare=True)
 
 
 def _risk_rules() -> Callable[[str, str | None], object]:

@@ -185,13 +185,19 @@ async def drive(name: str, url: str, token: str, *, clients: int, seconds: float
     return result
 
 
-def count_rows(url: str) -> int:
+@contextmanager
+def connected(url: str) -> Iterator[sa.Connection]:
     engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
-        with engine.connect() as conn:
-            return int(conn.execute(sa.text("SELECT count(*) FROM draft")).scalar_one())
+        with engine.begin() as conn:
+            yield conn
     finally:
         engine.dispose()
+
+
+def count_rows(url: str, table: str = "draft") -> int:
+    with connected(url) as conn:
+        return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
 
 
 def serve_slack_stub(port: int) -> None:
@@ -215,18 +221,32 @@ def serve_slack_stub(port: int) -> None:
 def run_bare(
     name: str, options: list[str], env: dict[str, str], workdir: Path, args: argparse.Namespace
 ) -> tuple[Result, int]:
-    """Start bench/bare_insert.py on a fresh database, drive it, and count the rows it stored."""
+    """Start bench/bare_insert.py on a fresh table in the database Countersign ran on (its own
+    SQLite file, or a table of its own in the PostgreSQL database), drive it, and count the rows
+    it stored."""
     token = "bare_" + secrets.token_urlsafe(24)
-    database = workdir / f"bare-{secrets.token_hex(3)}.db"
+    table = f"bench_bare_{secrets.token_hex(3)}"
+    if args.database_url:
+        database, url = args.database_url, args.database_url
+    else:
+        database = str(workdir / f"{table}.db")
+        url, table = f"sqlite:///{database}", "draft"
     port = free_port()
-    command = [sys.executable, str(ROOT / "bench" / "bare_insert.py"), str(database), str(port), *options]
-    with started(name, command, env | {"BARE_TOKEN": token}, workdir, port) as target:
-        cpu = target.cpu_seconds()
-        result = asyncio.run(
-            drive(name, target.url, token, clients=args.clients, seconds=args.seconds, warmup=1.0)
-        )
-        result.cpu_seconds = target.cpu_seconds() - cpu
-    return result, count_rows(f"sqlite:///{database}")
+    command = [sys.executable, str(ROOT / "bench" / "bare_insert.py"), database, str(port), *options]
+    try:
+        with started(
+            name, command, env | {"BARE_TOKEN": token, "BARE_TABLE": table}, workdir, port
+        ) as target:
+            cpu = target.cpu_seconds()
+            result = asyncio.run(
+                drive(name, target.url, token, clients=args.clients, seconds=args.seconds, warmup=1.0)
+            )
+            result.cpu_seconds = target.cpu_seconds() - cpu
+        return result, count_rows(url, table)
+    finally:
+        if args.database_url:
+            with connected(url) as conn:
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
 
 
 def main() -> None:
