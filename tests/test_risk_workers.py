@@ -69,6 +69,33 @@ async def test_workers_give_the_same_findings_as_the_server_process() -> None:
         await workers.close()
 
 
+async def test_under_load_drafts_wait_a_moment_to_share_a_round_trip() -> None:
+    workers = RuleWorkers(1, linger=0.2)
+    await workers.start()
+    try:
+        every = jobs()
+        # The first of a burst leaves at once (the worker is idle, nothing was busy before);
+        # the rest wait for it and leave together.
+        assert await asyncio.gather(*(workers.check(job) for job in every[:5])) == [
+            run_job(job) for job in every[:5]
+        ]
+        assert workers.round_trips == 2
+        # The last batch held several drafts: the next ones wait for each other, one round trip.
+        first = asyncio.ensure_future(workers.check(every[5]))
+        await asyncio.sleep(0.05)  # the worker is idle now; without the linger this would have left
+        assert not first.done()
+        rest = [workers.check(job) for job in every[6:8]]
+        assert await asyncio.gather(first, *rest) == [run_job(job) for job in every[5:8]]
+        assert workers.round_trips == 3
+        # Load gone: one draft lingers and leaves alone; after a batch of one, the next leaves at once.
+        assert await workers.check(every[8]) == run_job(every[8])
+        workers.linger = 60.0
+        assert await asyncio.wait_for(workers.check(every[9]), 10) == run_job(every[9])
+        assert workers.round_trips == 5
+    finally:
+        await workers.close()
+
+
 async def test_without_workers_the_rules_run_here() -> None:
     workers = RuleWorkers(0)
     await workers.start()
