@@ -14,7 +14,7 @@ one, and costs ~200 µs of server CPU per round trip).
 
 With no workers (`risk_workers = 0`, the default) the rules run in the server process. Workers
 pay off only where intake is CPU-bound and the host has a core to spare: bench/intake.py on two
-cores measured one worker 8% faster with 64 clients and 20% slower with 16 (README). A worker that dies is replaced and its batch checked in the server process, so no draft
+cores measured one worker 12% faster with 64 clients and 25% slower with 16 (README). A worker that dies is replaced and its batch checked in the server process, so no draft
 waits on a broken worker; a rule that raises fails only the draft that made it raise.
 """
 
