@@ -13,10 +13,10 @@ load generator's own, per request.
 In the same run it starts bench/bare_insert.py twice and drives it the same way: a bare aiohttp
 handler that checks a bearer token and does one durable insert per request into the database
 Countersign ran on (its own SQLite file, WAL, synchronous=FULL; or a table of its own in the
-PostgreSQL database, dropped afterwards), and the same handler running Countersign's risk rules on each draft before its insert
-("bare + rules": what checking drafts as they arrive costs on its own). It prints requests/s,
-p50, p99 and CPU for all three and Countersign's ratio to each floor, and checks that every 202
-left a row. Nothing is asserted: the numbers go in the README.
+PostgreSQL database, dropped afterwards), and the same handler running Countersign's risk rules
+on each draft before its insert ("bare + rules": what checking drafts as they arrive costs on its
+own). It prints requests/s, p50, p99 and CPU for all three and Countersign's ratio to each floor,
+and checks that every 202 left a row. Nothing is asserted: the numbers go in the README.
 """
 
 from __future__ import annotations
