@@ -65,6 +65,13 @@ class RawCursor:
     def insert(self, table: str, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]) -> None:
         """Insert rows of values in `columns` order, datetimes in their stored form."""
         stored = [[self.time(v) if isinstance(v, datetime) else v for v in row] for row in rows]
+        if self.postgresql and len(stored) > 1:
+            # COPY: ~5 µs of CPU per row against ~16 for psycopg's executemany (README).
+            sql = _copy_sql(table, columns)
+            with self._errors(sql, stored), self._cursor.copy(sql) as copy:
+                for row in stored:
+                    copy.write_row(row)
+            return
         self.run_many(_insert_sql(table, columns), stored)
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -117,6 +124,12 @@ def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
     """INSERT of one row of `columns`; names quoted ("key", "before" are keywords)."""
     names = ", ".join(f'"{name}"' for name in columns)
     return f'INSERT INTO "{table}" ({names}) VALUES ({marks(len(columns))})'
+
+
+@functools.cache
+def _copy_sql(table: str, columns: tuple[str, ...]) -> str:
+    names = ", ".join(f'"{name}"' for name in columns)
+    return f'COPY "{table}" ({names}) FROM STDIN'
 
 
 AUDIT_CHAIN_LOCK = 7320190  # the PostgreSQL advisory lock key of the audit chain

@@ -81,3 +81,48 @@ def test_one_cursor_per_transaction(rt: Runtime) -> None:
         assert RawCursor.of(session) is first
     with transaction(rt.engine) as session:
         assert RawCursor.of(session) is not first
+
+
+def test_a_batch_of_rows_reads_back_exactly(rt: Runtime, clock: FrozenClock) -> None:
+    """Several rows per table go in one statement (COPY on PostgreSQL): characters that COPY's
+    text format escapes, NULLs and times must come back as they went in."""
+    clock.advance(microseconds=654321)
+    registered = agents.add(rt, name="support-bot", categories=["refund"], callback_prefixes=[])
+    row = agents.authenticate(rt, registered.token)
+    tricky = "tab\there\nnew line \\N back\\slash \\. end\r\n naïve “quotes” ✓ 𝔘"
+    drafts = [
+        DraftIn(category="refund", summary=f"Draft {i} {tricky}", body=f"Body {i}: {tricky}", context=None)
+        for i in range(5)
+    ]
+    items = [
+        intake.prepare(rt, agent=row, draft=draft, key=f"batch-{i}" if i % 2 else None, base_url="http://x")
+        for i, draft in enumerate(drafts)
+    ]
+    results = intake.write_batch(rt, items)
+    assert [result[0] for result in results] == [202] * 5  # type: ignore[index]
+    now = clock()
+    with transaction(rt.engine, write=False) as session:
+        for (_, body), draft in zip(results, drafts, strict=True):  # type: ignore[misc]
+            stored = session.get(Draft, body["id"])
+            assert stored is not None
+            assert (stored.summary, stored.body, stored.context) == (draft.summary, draft.body, None)
+            assert stored.amount_minor is None and stored.created_at == now and stored.edited is False
+        keys = session.exec(select(IdempotencyRecord.key).order_by(IdempotencyRecord.key)).all()
+        assert keys == ["batch-1", "batch-3"]
+        jobs = session.exec(select(OutboxJob).where(OutboxJob.kind == "slack.render")).all()
+        assert len(jobs) == 5 and all(job.run_after == now for job in jobs)
+    assert audit.verify(rt.engine).ok
+
+
+def test_a_batch_that_breaks_a_constraint_changes_nothing(rt: Runtime, clock: FrozenClock) -> None:
+    events = [audit.Event(at=clock(), actor="test", action="probe", subject=f"s{i}") for i in range(3)]
+    with transaction(rt.engine) as session:
+        audit.append_many(session, events)
+    columns = ("seq", "at", "actor", "action", "subject", "before", "after", "outcome", "prev_hash", "hash")
+    with pytest.raises(IntegrityError), transaction(rt.engine) as session:
+        db = RawCursor.of(session)
+        rows = [(seq, clock(), "x", "x", "x", "null", "null", "ok", "0", "h") for seq in (9, 2)]
+        db.insert("audit_event", columns, rows)
+    with transaction(rt.engine, write=False) as session:
+        assert session.connection().execute(sa.text("SELECT count(*) FROM audit_event")).scalar_one() == 3
+    assert audit.verify(rt.engine).ok
