@@ -6,7 +6,9 @@ so they go straight to the driver's cursor, in the transaction the session alrea
 
 Values are stored exactly as an ORM write would store them: times go through the column type's
 own bind processor (`RawCursor.time`), once per distinct value instead of once per row.
-The PostgreSQL advisory lock of the audit chain is taken here too (`lock_audit_chain`). SQL is
+On PostgreSQL an insert of several rows is one COPY (psycopg's `executemany` costs ~16 µs of CPU
+per row, COPY ~5). The PostgreSQL advisory lock of the audit chain is taken here too
+(`lock_audit_chain`). SQL is
 written with `?` placeholders and spelled `%s` for drivers that want that (psycopg).
 """
 
