@@ -8,8 +8,8 @@ Values are stored exactly as an ORM write would store them: times go through the
 own bind processor (`RawCursor.time`), once per distinct value instead of once per row.
 On PostgreSQL an insert of several rows is one COPY (psycopg's `executemany` costs ~16 µs of CPU
 per row, COPY ~5). The PostgreSQL advisory lock of the audit chain is taken here too
-(`lock_audit_chain`). SQL is
-written with `?` placeholders and spelled `%s` for drivers that want that (psycopg).
+(`lock_audit_chain`). SQL is written with `?` placeholders and spelled `%s` for drivers that
+want that (psycopg).
 """
 
 from __future__ import annotations

@@ -8,14 +8,17 @@ per draft.
 While every worker is busy new drafts wait and leave together with the next batch. When one is
 idle a draft leaves at once, unless the last batch held several drafts: under load the next
 draft waits a moment (LINGER_SECONDS) for the others its clients are sending, so that batches
-stay large; on a 2-core VM a round trip costs far more in wakeups than in pickling. Each worker is a spawned process on a private pipe that the event
-loop watches directly: no extra thread in the server (concurrent.futures' process pool needs
-one, and costs ~200 µs of server CPU per round trip).
+stay large; on a 2-core VM a round trip costs far more in wakeups than in pickling.
+
+Each worker is a spawned process on a private pipe that the event loop watches directly: no
+extra thread in the server (concurrent.futures' process pool needs one, and costs ~200 µs of
+server CPU per round trip).
 
 With no workers (`risk_workers = 0`, the default) the rules run in the server process. Workers
 pay off only where intake is CPU-bound and the host has a core to spare: bench/intake.py on two
-cores measured one worker 12% faster with 64 clients and 25% slower with 16 (README). A worker that dies is replaced and its batch checked in the server process, so no draft
-waits on a broken worker; a rule that raises fails only the draft that made it raise.
+cores measured one worker 12% faster with 64 clients and 25% slower with 16 (README). A worker
+that dies is replaced and its batch checked in the server process, so no draft waits on a
+broken worker; a rule that raises fails only the draft that made it raise.
 """
 
 from __future__ import annotations
