@@ -4,8 +4,8 @@ server's own durable commit: fsync and synchronous_commit on).
 
 bench/intake.py runs it as `python bench/bare_insert.py DATABASE PORT [--risk-rules]`, with the
 token to accept in the BARE_TOKEN environment variable. DATABASE is a SQLite file path, or a
-`postgresql://` URL: there the handler uses its own table, BARE_TABLE (created, left for the
-caller to drop). It has no idempotency, audit, risk checks or outbox: it is the least any durable
+`postgresql://` URL. The handler inserts into the table BARE_TABLE names (default `draft`;
+created if missing, left for the caller to drop). It has no idempotency, audit, risk checks or outbox: it is the least any durable
 intake endpoint has to do. With --risk-rules it also runs
 Countersign's risk rules on each draft in the handler, before the insert, with the settings of
 the `reply` category in the config COUNTERSIGN_CONFIG names: the floor for an intake that checks
@@ -29,7 +29,6 @@ from aiohttp import web
 Insert = Callable[[Sequence[str | None]], object]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TABLE = "draft"  # SQLite: the file is the handler's own
 COLUMNS = (
     "id TEXT PRIMARY KEY, agent TEXT NOT NULL, idempotency_key TEXT, category TEXT NOT NULL,"
     " summary TEXT NOT NULL, body TEXT NOT NULL, created_at TEXT NOT NULL"
@@ -40,7 +39,11 @@ def main() -> None:
     database, port = sys.argv[1], int(sys.argv[2])
     check = _risk_rules() if "--risk-rules" in sys.argv[3:] else None
     agents = {hashlib.sha256(os.environ["BARE_TOKEN"].encode()).hexdigest(): "bench"}
-    insert = _postgresql(database) if database.startswith("postgresql://") else _sqlite(database)
+    table = os.environ.get("BARE_TABLE", "draft")
+    if database.startswith("postgresql://"):
+        insert = _postgresql(database, table)
+    else:
+        insert = _sqlite(database, table)
 
     async def post_draft(request: web.Request) -> web.Response:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -75,17 +78,16 @@ def main() -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-def _sqlite(path: str) -> Insert:
+def _sqlite(path: str, table: str) -> Insert:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
-    db.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({COLUMNS})")
-    statement = f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)"
+    db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({COLUMNS})")
+    statement = f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?)"
     return lambda row: db.execute(statement, row)
 
 
-def _postgresql(url: str) -> Insert:
-    table = os.environ["BARE_TABLE"]
+def _postgresql(url: str, table: str) -> Insert:
     db = psycopg.connect(url, autocommit=True)
     db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({COLUMNS})")
     statement = f"INSERT INTO {table} VALUES (%s, %s, %s, %s, %s, %s, %s)"

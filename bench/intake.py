@@ -227,11 +227,8 @@ def run_bare(
     it stored."""
     token = "bare_" + secrets.token_urlsafe(24)
     table = f"bench_bare_{secrets.token_hex(3)}"
-    if args.database_url:
-        database, url = args.database_url, args.database_url
-    else:
-        database = str(workdir / f"{table}.db")
-        url, table = f"sqlite:///{database}", "draft"
+    database = args.database_url or str(workdir / f"{table}.db")
+    url = args.database_url or f"sqlite:///{database}"
     port = free_port()
     command = [sys.executable, str(ROOT / "bench" / "bare_insert.py"), database, str(port), *options]
     try:

@@ -123,15 +123,18 @@ def marks(count: int) -> str:
 
 @functools.cache
 def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
-    """INSERT of one row of `columns`; names quoted ("key", "before" are keywords)."""
-    names = ", ".join(f'"{name}"' for name in columns)
-    return f'INSERT INTO "{table}" ({names}) VALUES ({marks(len(columns))})'
+    """INSERT of one row of `columns`."""
+    return f'INSERT INTO "{table}" ({_names(columns)}) VALUES ({marks(len(columns))})'
 
 
 @functools.cache
 def _copy_sql(table: str, columns: tuple[str, ...]) -> str:
-    names = ", ".join(f'"{name}"' for name in columns)
-    return f'COPY "{table}" ({names}) FROM STDIN'
+    return f'COPY "{table}" ({_names(columns)}) FROM STDIN'
+
+
+def _names(columns: tuple[str, ...]) -> str:
+    """Column names, quoted ("key", "before" are keywords)."""
+    return ", ".join(f'"{name}"' for name in columns)
 
 
 AUDIT_CHAIN_LOCK = 7320190  # the PostgreSQL advisory lock key of the audit chain

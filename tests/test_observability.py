@@ -46,7 +46,7 @@ async def test_metrics_report_drafts_decisions_outbox_and_caps(db_url: str, tmp_
 
 async def test_slack_delivery_failures_show_in_metrics(db_url: str, tmp_path: Path) -> None:
     async with harness(db_url, tmp_path) as h:
-        # Only the draft's channel: after 09:00 New York time the digest also posts, at startup.
+        # Only the draft's channel: the faults are for its post, not any other message.
         h.slack.fail("chat.postMessage", status=500, times=3, channel="C0REFUNDS")
         created = await h.submit()
         await h.posted(created["id"])
