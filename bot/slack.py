@@ -56,21 +56,47 @@ PERMANENT_ERRORS = frozenset(
 )
 
 
-async def post_digest(client: AsyncWebClient, channel: str, built: digest.Digest) -> None:
-    """The digest as text sections (within Block Kit limits), then the chart as a PNG file."""
-    text = built.text()
-    chunks = [text[i : i + 2900] for i in range(0, len(text), 2900)][:45]
-    content = [SectionBlock(text=MarkdownTextObject(text=chunk)) for chunk in chunks]
-    await client.chat_postMessage(channel=channel, text=text[:3000], blocks=content, unfurl_links=False)
-    await client.files_upload_v2(
-        channel=channel,
-        content=digest.png(built),
-        filename=f"countersign-trend-{built.day.isoformat()}.png",
-        title="Approved / edited / rejected, last 7 days",
-    )
+DIGEST_EVENT = "countersign_digest"
+
+
+def chart_filename(day: date) -> str:
+    return f"countersign-trend-{day.isoformat()}.png"
+
+
+async def post_digest(
+    client: AsyncWebClient, channel: str, built: digest.Digest, *, text: bool = True, chart: bool = True
+) -> None:
+    """The digest as text sections (within Block Kit limits), then the chart as a PNG file.
+
+    The text's message metadata and the chart's file name carry the day, so a retried job can see
+    which of the two an earlier attempt already posted (``SlackJobs.digest``).
+    """
+    if text:
+        body = built.text()
+        chunks = [body[i : i + 2900] for i in range(0, len(body), 2900)][:45]
+        await client.chat_postMessage(
+            channel=channel,
+            text=body[:3000],
+            blocks=[SectionBlock(text=MarkdownTextObject(text=chunk)) for chunk in chunks],
+            metadata={"event_type": DIGEST_EVENT, "event_payload": {"day": built.day.isoformat()}},
+            unfurl_links=False,
+        )
+    if chart:
+        await client.files_upload_v2(
+            channel=channel,
+            content=digest.png(built),
+            filename=chart_filename(built.day),
+            title="Approved / edited / rejected, last 7 days",
+        )
 
 
 METADATA_EVENT = "countersign_draft"
+
+
+def _event_payload(message: dict[str, Any], event_type: str) -> dict[str, Any]:
+    """The message's metadata payload if it carries ``event_type``, else empty."""
+    metadata = message.get("metadata") or {}
+    return (metadata.get("event_payload") or {}) if metadata.get("event_type") == event_type else {}
 
 
 def make_client(settings: Settings, *, timeout: int = 10) -> AsyncWebClient:
@@ -183,10 +209,20 @@ class SlackJobs:
     async def digest(self, job: OutboxJob) -> None:
         """Post a day's digest and its 7-day trend chart to the digest channel."""
         payload = json.loads(job.payload)
-        built = await asyncio.to_thread(digest.build, self.rt, date.fromisoformat(payload["day"]))
+        day, channel = date.fromisoformat(payload["day"]), self.rt.config.digest_channel or ""
+        built = await asyncio.to_thread(digest.build, self.rt, day)
         built.late = bool(payload.get("late"))
         try:
-            await post_digest(self.client, self.rt.config.digest_channel or "", built)
+            text = chart = True
+            if job.attempts > 1:
+                # An earlier attempt may have posted the text, or both, and then died or lost
+                # Slack's answer: post only what the channel does not show yet.
+                earlier = await self._recent_messages(job, channel)
+                text = not any(_event_payload(m, DIGEST_EVENT).get("day") == day.isoformat() for m in earlier)
+                chart = not any(
+                    f.get("name") == chart_filename(day) for m in earlier for f in m.get("files") or []
+                )
+            await post_digest(self.client, channel, built, text=text, chart=chart)
         except SlackApiError as exc:
             raise classify(exc) from None
 
@@ -236,18 +272,18 @@ class SlackJobs:
 
     async def _already_posted(self, job: OutboxJob, channel: str, draft_id: str) -> str | None:
         """The ts of this draft's message if a previous attempt posted it (message metadata)."""
+        for message in await self._recent_messages(job, channel):
+            if _event_payload(message, METADATA_EVENT).get("draft_id") == draft_id:
+                return str(message["ts"])
+        return None
+
+    async def _recent_messages(self, job: OutboxJob, channel: str) -> list[dict[str, Any]]:
+        """The channel's messages since shortly before the job was enqueued, with their metadata."""
         oldest = job.created_at.timestamp() - 60
         response = await self.client.conversations_history(
             channel=channel, oldest=str(oldest), include_all_metadata=True, limit=200
         )
-        for message in response.get("messages") or []:
-            metadata = message.get("metadata") or {}
-            if (
-                metadata.get("event_type") == METADATA_EVENT
-                and (metadata.get("event_payload") or {}).get("draft_id") == draft_id
-            ):
-                return str(message["ts"])
-        return None
+        return list(response.get("messages") or [])
 
     def _recovered(self, job: OutboxJob) -> None:
         """Slack is back after failures: say so in the alerts channel, at most once an hour."""

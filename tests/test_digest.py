@@ -155,3 +155,38 @@ async def test_scheduled_digest_is_posted_once_with_its_chart(db_url: str, tmp_p
         assert (
             len([c for c in h.slack.calls("chat.postMessage") if c.params.get("channel") == "C0AUDIT"]) == 1
         )
+
+
+async def test_a_retried_digest_job_posts_only_what_slack_does_not_show_yet(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Slack takes the text but the answer is lost (attempt 1), then takes the chart and the answer
+    is lost again (attempt 2): the third attempt finds both in the channel and posts nothing."""
+    async with harness(db_url, tmp_path, digest_due=True) as h:
+        h.slack.fail("chat.postMessage", status="timeout", times=1, delay=12, channel="C0AUDIT")
+        h.slack.fail("files.completeUploadExternal", status="timeout", times=1, delay=12)
+        local = h.clock().astimezone(h.rt.config.timezone)
+        due = datetime.combine(local.date(), h.rt.config.digest_at, tzinfo=h.rt.config.timezone)
+        if local < due:
+            h.clock.offset += due - local
+
+        def job() -> tuple[str, int] | None:
+            with h.rt.engine.connect() as conn:
+                row = conn.exec_driver_sql(
+                    "SELECT status, attempts FROM outbox_job WHERE kind = 'slack.digest'"
+                ).first()
+            return None if row is None else (str(row[0]), int(row[1]))
+
+        await eventually(lambda: job() == ("done", 3), timeout=60)
+        texts = [m for m in h.slack.messages.values() if m["channel"] == "C0AUDIT" and m.get("metadata")]
+        charts = [m for m in h.slack.messages.values() if m["channel"] == "C0AUDIT" and m.get("files")]
+        assert len(texts) == 1 and texts[0]["text"].startswith("*Countersign daily digest")
+        assert [f["name"] for m in charts for f in m["files"]] == [
+            f"countersign-trend-{texts[0]['metadata']['event_payload']['day']}.png"
+        ]
+        # Each part was sent once; the third attempt only read the channel's history.
+        assert (
+            len([c for c in h.slack.calls("chat.postMessage") if c.params.get("channel") == "C0AUDIT"]) == 1
+        )
+        assert len(h.slack.calls("files.completeUploadExternal")) == 1
+        assert len(h.slack.calls("conversations.history")) == 2

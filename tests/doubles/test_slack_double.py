@@ -572,6 +572,10 @@ async def test_files_upload_v2(slack: SlackDouble, client: AsyncWebClient) -> No
     assert slack.uploads[file_id] == b"id,state\n42,approved\n"
     assert slack.files[file_id]["channel"] == "C0001"
     assert slack.files[file_id]["title"] == "Audit"
+    # The share is a message in the channel that carries the file.
+    history = await client.conversations_history(channel="C0001")
+    shared = [m for m in history["messages"] if m.get("files")]
+    assert [f["name"] for m in shared for f in m["files"]] == ["audit.csv"]
 
 
 async def test_response_url_sink_replaces_original(slack: SlackDouble, client: AsyncWebClient) -> None:

@@ -48,7 +48,7 @@ def _wire_message(record: JSON) -> JSON:
         "ts": record["ts"],
         "blocks": record["blocks"],
     }
-    for key in ("thread_ts", "metadata"):
+    for key in ("thread_ts", "metadata", "files"):
         if record.get(key):
             message[key] = record[key]
     if record["attachments"]:

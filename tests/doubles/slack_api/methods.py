@@ -234,6 +234,14 @@ class _WebApiMethods:
                 thread_ts=params.get("thread_ts"),
             )
             completed.append({"id": record["id"], "title": record["title"], "name": record["name"]})
+        if channel is not None:
+            # Sharing into a channel posts a message that carries the files (in its thread when
+            # thread_ts is given), so conversations.history shows the upload as Slack's does.
+            ts = self._next_ts()
+            record = {"channel": channel, "ts": ts, "thread_ts": params.get("thread_ts"), "history": []}
+            _apply_content(record, {"text": params.get("initial_comment") or ""}, replacing=False)
+            record["files"] = completed
+            self.messages[(channel, ts)] = record
         return {"ok": True, "files": completed}
 
     # -- helpers -------------------------------------------------------------------------------
