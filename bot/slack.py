@@ -2,6 +2,9 @@
 
 A draft is posted by exactly one job (the one enqueued at submission); every later job only
 updates the stored (channel, ts), so a retried or duplicated job never posts a second message.
+Every post carries message metadata saying what it is (the draft, the digest's day, the job), so
+a job run again after Slack took its post (the answer was lost, or the process died before the
+job was marked done) finds that post in the channel instead of posting a second one.
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ async def post_digest(
 
 
 METADATA_EVENT = "countersign_draft"
+JOB_EVENT = "countersign_job"  # thread replies and alerts: the outbox job that posted them
 
 
 def _event_payload(message: dict[str, Any], event_type: str) -> dict[str, Any]:
@@ -326,9 +330,7 @@ class SlackJobs:
         if place.ts is None:
             raise RetryLater("draft message not posted yet", retry_after=2)
         try:
-            await self.client.chat_postMessage(
-                channel=place.channel, thread_ts=place.ts, text=payload["text"]
-            )
+            await self._post_once(job, place.channel, text=payload["text"], thread_ts=place.ts)
         except SlackApiError as exc:
             raise classify(exc) from None
 
@@ -340,9 +342,33 @@ class SlackJobs:
         text = json.loads(job.payload)["text"]
         try:
             await self.pacer.wait(channel)
-            await self.client.chat_postMessage(channel=channel, text=text, unfurl_links=False)
+            await self._post_once(job, channel, text=text)
         except SlackApiError as exc:
             raise classify(exc) from None
+
+    async def _post_once(
+        self, job: OutboxJob, channel: str, *, text: str, thread_ts: str | None = None
+    ) -> None:
+        """Post the job's message, unless an earlier attempt of the job already did (Slack took the
+        post, then the answer was lost or the process died before the job was marked done)."""
+        if job.attempts > 1:
+            if thread_ts is None:
+                earlier = await self._recent_messages(job, channel)
+            else:
+                response = await self.client.conversations_replies(
+                    channel=channel, ts=thread_ts, include_all_metadata=True, limit=1000
+                )
+                earlier = list(response.get("messages") or [])
+            if any(_event_payload(m, JOB_EVENT).get("job_id") == str(job.id) for m in earlier):
+                return
+        await self.client.chat_postMessage(
+            channel=channel,
+            text=text,
+            thread_ts=thread_ts,
+            metadata={"event_type": JOB_EVENT, "event_payload": {"job_id": str(job.id)}},
+            unfurl_links=False,
+            unfurl_media=False,
+        )
 
     async def render_gave_up(self, job: OutboxJob, error: str) -> None:
         draft_id = json.loads(job.payload).get("draft_id")

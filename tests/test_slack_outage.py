@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from handlers import ids
 from tests.harness import eventually, harness
 
 
@@ -45,6 +46,49 @@ async def test_a_post_that_timed_out_after_posting_is_not_posted_again(db_url: s
             if (m.get("metadata") or {}).get("event_payload", {}).get("draft_id") == created["id"]
         ]
         assert len(stored) == 1
+
+
+async def test_a_thread_reply_and_an_alert_that_timed_out_after_posting_are_not_posted_again(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with harness(db_url, tmp_path) as h:
+        created = await h.submit()
+        message = await h.posted(created["id"])
+        # From here on, Slack takes the next post to each channel (the edit's diff in the draft's
+        # thread; the pause alert) but its answer comes after the client gave up.
+        h.slack.fail("chat.postMessage", status="timeout", times=1, delay=12, channel="C0REFUNDS")
+        h.slack.fail("chat.postMessage", status="timeout", times=1, delay=12, channel="C0ALERTS")
+        await h.click("U0BOB", ids.EDIT, created["id"])
+        opened = await eventually(lambda: h.slack.calls("views.open"))
+        edited = "Hi Dana, we refunded $30.00 to your original card."
+        values = {
+            ids.EDIT_BODY_BLOCK: {ids.EDIT_BODY_INPUT: {"type": "plain_text_input", "value": edited}},
+            ids.EDIT_AMOUNT_BLOCK: {ids.EDIT_AMOUNT_INPUT: {"type": "plain_text_input", "value": "30.00"}},
+        }
+        status, _ = await h.submit_view(
+            "U0BOB", ids.EDIT_MODAL, opened[0].params["view"]["private_metadata"], values
+        )
+        assert status == 200
+        assert "Paused" in await h.command("U0ALICE", "pause support-bot looks off")
+
+        def jobs_done() -> bool:
+            with h.rt.engine.connect() as conn:
+                rows = conn.exec_driver_sql(
+                    "SELECT kind, status, attempts FROM outbox_job WHERE kind IN ('slack.thread', 'slack.alert')"
+                ).all()
+            return sorted(rows) == [("slack.alert", "done", 2), ("slack.thread", "done", 2)]
+
+        await eventually(jobs_done, timeout=60)
+        replies = [m for m in h.slack.messages.values() if m.get("thread_ts") == message["ts"]]
+        alerts = [m for m in h.slack.messages.values() if m["channel"] == "C0ALERTS"]
+        assert len(replies) == 1 and "edited the draft" in replies[0]["text"], replies
+        assert len(alerts) == 1 and "paused *support-bot*" in alerts[0]["text"], alerts
+        # The second attempts looked first and found them.
+        assert len(h.slack.calls("conversations.replies")) == 1
+        assert (
+            len([c for c in h.slack.calls("conversations.history") if c.params.get("channel") == "C0ALERTS"])
+            == 1
+        )
 
 
 async def test_posting_stays_within_one_message_per_second_per_channel(db_url: str, tmp_path: Path) -> None:

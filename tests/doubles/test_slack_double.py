@@ -578,6 +578,23 @@ async def test_files_upload_v2(slack: SlackDouble, client: AsyncWebClient) -> No
     assert [f["name"] for m in shared for f in m["files"]] == ["audit.csv"]
 
 
+async def test_conversations_replies_lists_the_thread_with_metadata_on_request(
+    slack: SlackDouble, client: AsyncWebClient
+) -> None:
+    parent = await client.chat_postMessage(channel="C0001", text="parent")
+    meta = {"event_type": "e", "event_payload": {"n": "1"}}
+    await client.chat_postMessage(channel="C0001", text="reply", thread_ts=parent["ts"], metadata=meta)
+    await client.chat_postMessage(channel="C0001", text="elsewhere")
+    plain = await client.conversations_replies(channel="C0001", ts=parent["ts"])
+    assert [m["text"] for m in plain["messages"]] == ["parent", "reply"]
+    assert "metadata" not in plain["messages"][1]
+    full = await client.conversations_replies(channel="C0001", ts=parent["ts"], include_all_metadata=True)
+    assert full["messages"][1]["metadata"] == meta
+    with pytest.raises(SlackApiError) as err:
+        await client.conversations_replies(channel="C0001", ts="1.000001")
+    assert err.value.response["error"] == "thread_not_found"
+
+
 async def test_response_url_sink_replaces_original(slack: SlackDouble, client: AsyncWebClient) -> None:
     posted = await client.chat_postMessage(channel="C0001", text="Approval needed")
     url = slack.response_url(channel="C0001", ts=posted["ts"])

@@ -89,6 +89,32 @@ class _WebApiMethods:
             found.append(message)
         return {"ok": True, "messages": found[:limit], "has_more": len(found) > limit}
 
+    async def _conversations_replies(self, params: JSON) -> JSON:
+        """The thread's parent then its replies, oldest first; metadata only on request, as history."""
+        channel = self._resolve_channel(params.get("channel"), allow_user=False)
+        if channel is None:
+            return _error("channel_not_found")
+        parent = self.messages.get((channel, str(params.get("ts", ""))))
+        if parent is None or parent.get("deleted"):
+            return _error("thread_not_found")
+        oldest = float(params.get("oldest") or 0)
+        limit = int(params.get("limit") or 1000)
+        with_metadata = str(params.get("include_all_metadata")).lower() in ("1", "true")
+        thread = [parent] + [
+            record
+            for (ch, _), record in sorted(self.messages.items(), key=lambda item: item[0][1])
+            if ch == channel and record.get("thread_ts") == parent["ts"] and not record.get("deleted")
+        ]
+        found = []
+        for record in thread:
+            if float(record["ts"]) < oldest:
+                continue
+            message = _wire_message(record)
+            if not with_metadata:
+                message.pop("metadata", None)
+            found.append(message)
+        return {"ok": True, "messages": found[:limit], "has_more": len(found) > limit}
+
     async def _chat_update(self, params: JSON) -> JSON:
         # chat.update needs the D… id for a DM; a U… id is not resolved here, unlike postMessage.
         channel = self._resolve_channel(params.get("channel"), allow_user=False)

@@ -76,6 +76,7 @@ class SlackDouble(_WebApiMethods, _ResponseUrls, _Faults):
             "usergroups.users.list": self._usergroups_users_list,
             "conversations.open": self._conversations_open,
             "conversations.history": self._conversations_history,
+            "conversations.replies": self._conversations_replies,
             "files.getUploadURLExternal": self._files_get_upload_url_external,
             "files.completeUploadExternal": self._files_complete_upload_external,
         }

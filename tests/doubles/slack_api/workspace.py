@@ -34,6 +34,7 @@ _SCOPE_NEEDED = {
     "usergroups.users.list": "usergroups:read",
     "conversations.open": "im:write",
     "conversations.history": "channels:history",
+    "conversations.replies": "channels:history",
     "files.getUploadURLExternal": "files:write",
     "files.completeUploadExternal": "files:write",
 }
