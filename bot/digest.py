@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from bot import audit, caps, chart, policy
+from bot.mrkdwn import escape_cut
 from bot.runtime import Runtime
 from bot.settings import currency_exponent
 from storage import queries
@@ -85,7 +86,9 @@ class Digest:
                     "manual: " + ", ".join(f"{reason} {n}" for reason, n in sorted(line.manual.items()))
                 )
             if line.reasons:
-                top = "; ".join(f"“{reason[:60]}” x{n}" for reason, n in line.reasons.most_common(3))
+                top = "; ".join(
+                    f"“{escape_cut(reason, 60)}” x{n}" for reason, n in line.reasons.most_common(3)
+                )
                 out.append(f"top rejection reasons: {top}")
             if line.decision_seconds:
                 median = statistics.median(line.decision_seconds)

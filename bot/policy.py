@@ -20,6 +20,19 @@ TERMINAL = frozenset(
 DECIDED = frozenset({"approved", "rejected", "executed", "failed", "needs_reconciliation"})
 
 AMOUNT_RE = re.compile(r"(0|[1-9][0-9]{0,14})(\.[0-9]{1,4})?")
+# Slack's plain_text_input holds at most 3,000 characters: a longer draft cannot be shown whole in
+# the Edit modal, so it cannot be edited there (only approved or rejected as it is).
+EDITABLE_CHARS = 3000
+
+
+def too_long_to_edit(body: str) -> str | None:
+    """Why a draft cannot be edited in Slack, or None when it can."""
+    if len(body) <= EDITABLE_CHARS:
+        return None
+    return (
+        f"This draft is {len(body):,} characters, more than Slack's edit box holds ({EDITABLE_CHARS:,}):"
+        " approve or reject it as it is (a rejection's reason goes back to the agent)."
+    )
 
 
 def to_minor(amount: Decimal, exponent: int) -> int:

@@ -110,6 +110,14 @@ class Reviewing:
         return reviewers, reviewer
 
     @fail_closed
+    async def draft_for_edit(self, *, user: str, value: str) -> tuple[Draft, Category]:
+        """draft_for_review, and the draft fits in the Edit modal whole."""
+        draft, category = await self.draft_for_review(user=user, value=value)
+        too_long = policy.too_long_to_edit(draft.body)
+        if too_long:
+            raise DecisionRefused(too_long)
+        return draft, category
+
     async def draft_for_review(self, *, user: str, value: str) -> tuple[Draft, Category]:
         """The pending draft behind a button, after checking that `user` may review it."""
         draft_id, version = parse_value(value)
@@ -158,7 +166,11 @@ class Reviewing:
             edited_body=form.body,
             edited_amount=amount,
         )
-        return self._counted(outcome, "edit", draft)
+        exponent = currency_exponent(category.currency)  # as the approval converts it
+        changed = form.body != draft.body or (
+            amount is not None and policy.to_minor(amount, exponent) != draft.amount_minor
+        )
+        return self._counted(outcome, "edit" if changed else "approve", draft)
 
     @fail_closed
     async def reject(self, *, user: str, draft_id: str, version: int, reason: str) -> Outcome:

@@ -29,6 +29,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.exc import IntegrityError
 
 from bot import cards, digest, policy
+from bot.mrkdwn import escape_cut
 from bot.outbox import Permanent, RetryLater
 from bot.runtime import Runtime
 from bot.settings import Category, Settings
@@ -303,7 +304,7 @@ class SlackJobs:
                 session.flush()
                 text = (
                     f":satellite_antenna: Slack deliveries recovered: a draft was posted after {job.attempts}"
-                    f" attempts, {lag} s late (last error: {job.last_error or 'unknown'}). See /metrics for the backlog."
+                    f" attempts, {lag} s late (last error: {escape_cut(job.last_error or 'unknown', 200)}). See /metrics for the backlog."
                 )
                 queries.enqueue(session, "slack.alert", {"text": text}, now=now)
         except IntegrityError:
@@ -379,7 +380,7 @@ class SlackJobs:
                     session,
                     "slack.alert",
                     {
-                        "text": f":warning: Could not deliver the Slack message of draft `{draft_id}`: {error[:300]}"
+                        "text": f":warning: Could not deliver the Slack message of draft `{draft_id}`: {escape_cut(error, 300)}"
                     },
                     now=self.rt.clock(),
                 )

@@ -25,6 +25,7 @@ from sqlmodel import Session, select
 
 from bot import audit, caps, crashpoints, netguard, policy
 from bot.drafts import agent_view, record_change
+from bot.mrkdwn import escape, escape_cut
 from bot.outbox import RetryLater
 from bot.runtime import Runtime
 from bot.settings import Executor
@@ -224,7 +225,7 @@ class WebhookJobs:
             "slack.alert",
             {
                 "text": f":rotating_light: The *{category}* executor failed {failures} times in a row"
-                f" (last: {(error or '')[:200]}). *{category}* is now in manual mode;"
+                f" (last: {escape_cut(error or '', 200)}). *{category}* is now in manual mode;"
                 f" an admin returns it with `/agent review {category}`."
             },
             now=now,
@@ -274,7 +275,7 @@ class WebhookJobs:
                     session,
                     "slack.alert",
                     {
-                        "text": f":rotating_light: Execution of draft `{draft_id}` ({draft.category}) {what}: {error}"
+                        "text": f":rotating_light: Execution of draft `{draft_id}` ({draft.category}) {what}: {escape(error or '')}"
                     },
                     now=now,
                 )

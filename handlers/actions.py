@@ -58,7 +58,7 @@ async def edit(
 ) -> None:
     await ack()
     try:
-        draft, category = await services(context).reviewing.draft_for_review(
+        draft, category = await services(context).reviewing.draft_for_edit(
             user=body["user"]["id"], value=body["actions"][0]["value"]
         )
     except DecisionRefused as refused:

@@ -27,18 +27,12 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
+from bot.mrkdwn import escape
+from bot.policy import EDITABLE_CHARS
 from handlers import ids
 
 SECTION_LIMIT = 3000
 TEXT_BUDGET = 2800  # of a section's 3000, leaving room for the truncation note
-MASS_MENTION = re.compile(r"@(?=(channel|here|everyone)\b)", re.IGNORECASE)
-
-
-def escape(text: str) -> str:
-    """Make agent text inert in mrkdwn: no <…> links or mentions, no @channel pings."""
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    # A zero-width space after '@' keeps '@here' readable but stops it from ever pinging.
-    return MASS_MENTION.sub("@\u200b", text)
 
 
 def fit(text: str, budget: int = TEXT_BUDGET) -> str:
@@ -46,16 +40,16 @@ def fit(text: str, budget: int = TEXT_BUDGET) -> str:
     escaped = escape(text)
     if len(escaped) <= budget:
         return escaped
-    note_room = budget - 60
-    out, used = [], 0
-    for char in text:
-        piece = escape(char)
-        if used + len(piece) > note_room:
-            break
-        out.append(piece)
-        used += len(piece)
-    kept = len(out)
-    return "".join(out) + f"\n… _cut here: {len(text) - kept:,} more characters not shown_"
+    # The longest prefix whose escaped form fits: escaping a prefix as a whole (not character by
+    # character) keeps the @channel guard, and never splits an entity.
+    room, low, high = budget - 60, 0, len(text)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(escape(text[:middle])) <= room:
+            low = middle
+        else:
+            high = middle - 1
+    return escape(text[:low]) + f"\n… _cut here: {len(text) - low:,} more characters not shown_"
 
 
 def quote(text: str, budget: int = TEXT_BUDGET) -> str:
@@ -287,7 +281,7 @@ def edit_modal(*, draft_id: str, version: int, body: str, amount: str | None, me
             block_id=ids.EDIT_BODY_BLOCK,
             label="Reply to send",
             element=PlainTextInputElement(
-                action_id=ids.EDIT_BODY_INPUT, multiline=True, initial_value=body[:3000], max_length=3000
+                action_id=ids.EDIT_BODY_INPUT, multiline=True, initial_value=body, max_length=EDITABLE_CHARS
             ),
         )
     ]
@@ -346,6 +340,9 @@ def _bar(usage: str) -> str:
 def home_view(home: Any) -> View:
     """App Home: agents with Pause/Resume, categories and modes, today's caps, pending work."""
     out: list[Block] = [HeaderBlock(text=PlainTextObject(text="Countersign"))]
+    if home.restricted:
+        text = "Countersign shows its agents, caps and pending work to reviewers and admins only."
+        return View(type="home", blocks=[*out, SectionBlock(text=MarkdownTextObject(text=text))])
     if home.all_paused:
         out.append(SectionBlock(text=MarkdownTextObject(text=":octagonal_sign: *All agents are paused.*")))
     out.append(SectionBlock(text=MarkdownTextObject(text="*Agents*")))

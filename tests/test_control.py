@@ -13,7 +13,7 @@ from handlers import ids
 from storage.tables import AuditEvent, OutboxJob
 from tests.conftest import SIGNING_SECRET
 from tests.doubles import signing
-from tests.harness import Harness, eventually, harness
+from tests.harness import USERS, Harness, eventually, harness
 
 WATCHDOG = """
 [watchdog]
@@ -320,3 +320,33 @@ async def test_app_home_buttons_follow_the_same_permissions(
     paused_now = me["state"] == "paused"
     expected_paused = (action == ids.HOME_PAUSE) == allowed
     assert paused_now == expected_paused
+
+
+async def test_app_home_is_closed_to_outsiders_and_open_to_reviewer_group_members(
+    db_url: str, tmp_path: Path
+) -> None:
+    extra = '\n[categories.billing]\nchannel = "C0BILLING"\nreviewer_group = "S0REVIEW"\nai_review = false\n'
+    async with harness(db_url, tmp_path, extra_config=extra) as h:
+        h.slack.configure(users={**USERS, "U0DAVE": {"name": "dave"}}, usergroups={"S0REVIEW": ["U0DAVE"]})
+        await h.submit()
+        await h.post_signed(signing.event_callback(SIGNING_SECRET, signing.app_home_opened_event("U0OUT")))
+        closed = json.dumps((await eventually(lambda: h.slack.calls("views.publish")))[0].params["view"])
+        assert "reviewers and admins only" in closed
+        assert "support-bot" not in closed and "Pending drafts" not in closed and ids.HOME_PAUSE not in closed
+        assert h.slack.calls("usergroups.users.list")  # the group was read: U0OUT is not in it
+
+        # A member of the billing reviewers' user group gets the state and the Pause button.
+        await h.post_signed(signing.event_callback(SIGNING_SECRET, signing.app_home_opened_event("U0DAVE")))
+        opened = json.dumps((await eventually(lambda: h.slack.calls("views.publish")[1:]))[0].params["view"])
+        assert "support-bot" in opened and ids.HOME_PAUSE in opened and ids.HOME_RESUME not in opened
+
+
+async def test_a_pause_reason_cannot_ping_the_alerts_channel(h: Harness) -> None:
+    answer = await h.command("U0ALICE", "pause support-bot <!channel> <@U0BOB> @here look")
+    assert "Paused" in answer
+    alert = (await eventually(lambda: [a for a in h.alerts() if "paused" in a]))[0]
+    assert "<!channel>" not in alert and "<@U0BOB>" not in alert and "@here" not in alert
+    assert "&lt;!channel&gt;" in alert and "@\u200bhere" in alert
+    assert "<@U0ALICE>" in alert  # the mention Countersign itself writes stays a mention
+    status = await h.command("U0ALICE", "status")
+    assert "<!channel>" not in status and "&lt;!channel&gt;" in status

@@ -25,6 +25,7 @@ SCOPES = {
     "views_open": None,
     "views_publish": None,
     "conversations_history": "channels:history",
+    "conversations_replies": "channels:history",
 }
 # Scopes with no method of their own: posting into channels the bot has not joined, and receiving /agent.
 IMPLICIT = {"chat:write.public", "commands", "groups:history"}

@@ -378,3 +378,59 @@ async def test_reviewer_group_members_may_decide_and_others_may_not(db_url: str,
         await h.click("U0CAROL", ids.APPROVE, drafts[0])
         await eventually(lambda: sum(t.startswith("Approved") for t in h.ephemeral_texts()) == 2)
         assert len(h.slack.calls("usergroups.users.list")) == 1  # cached (the API is Tier 2)
+
+
+async def test_a_draft_too_long_for_the_edit_box_cannot_be_edited_in_slack(h: Harness) -> None:
+    body = "Hi Dana, about your refund of $30.00. " + "Details follow. " * 200 + "TAIL-END"
+    assert len(body) > 3000
+    created = await h.submit(body=body)
+    await h.click("U0BOB", ids.EDIT, created["id"])
+    await eventually(lambda: any("more than Slack's edit box holds" in t for t in h.ephemeral_texts()))
+    assert h.slack.calls("views.open") == []
+    # A modal submitted anyway (an old one, or a forged payload) approves nothing.
+    meta = json.dumps({"draft_id": created["id"], "version": 1, "channel": "C0REFUNDS", "ts": None})
+    values = {
+        ids.EDIT_BODY_BLOCK: {ids.EDIT_BODY_INPUT: {"type": "plain_text_input", "value": body[:3000]}},
+        ids.EDIT_AMOUNT_BLOCK: {ids.EDIT_AMOUNT_INPUT: {"type": "plain_text_input", "value": "30.00"}},
+    }
+    status, _ = await h.submit_view("U0BOB", ids.EDIT_MODAL, meta, values)
+    assert status == 200
+    await eventually(lambda: sum("more than Slack's edit box holds" in t for t in h.ephemeral_texts()) == 2)
+    view = await h.draft(created["id"])
+    assert view["status"] == "pending" and view["approved_body"] is None
+
+
+async def test_an_edit_submitted_unchanged_is_an_approval(h: Harness) -> None:
+    created = await h.submit()
+    await h.click("U0BOB", ids.EDIT, created["id"])
+    opened = await eventually(lambda: h.slack.calls("views.open"))
+    body = (await h.draft(created["id"]))["body"]
+    values = {
+        ids.EDIT_BODY_BLOCK: {ids.EDIT_BODY_INPUT: {"type": "plain_text_input", "value": body}},
+        ids.EDIT_AMOUNT_BLOCK: {ids.EDIT_AMOUNT_INPUT: {"type": "plain_text_input", "value": "30.00"}},
+    }
+    status, _ = await h.submit_view(
+        "U0BOB", ids.EDIT_MODAL, opened[0].params["view"]["private_metadata"], values
+    )
+    assert status == 200
+    view = await h.status(created["id"], "executed")
+    assert view["edited"] is False and [d["action"] for d in view["decisions"]] == ["approve"]
+
+
+async def test_the_edit_diff_in_the_thread_cannot_ping_or_mention(h: Harness) -> None:
+    created = await h.submit(body="Hi <!channel> <@U0BOB> @here, see <https://evil.example|help.acme.com>.")
+    await h.click("U0BOB", ids.EDIT, created["id"])
+    opened = await eventually(lambda: h.slack.calls("views.open"))
+    values = {
+        ids.EDIT_BODY_BLOCK: {ids.EDIT_BODY_INPUT: {"type": "plain_text_input", "value": "Hi <!here> Dana."}},
+        ids.EDIT_AMOUNT_BLOCK: {ids.EDIT_AMOUNT_INPUT: {"type": "plain_text_input", "value": "30.00"}},
+    }
+    await h.submit_view("U0BOB", ids.EDIT_MODAL, opened[0].params["view"]["private_metadata"], values)
+    threads = await eventually(
+        lambda: [c for c in h.slack.calls("chat.postMessage") if c.params.get("thread_ts")]
+    )
+    text = threads[0].params["text"]
+    assert text.startswith("<@U0BOB> edited the draft")
+    for raw in ("<!channel>", "<@U0BOB> @", "<!here>", "<https://evil.example", "@here"):
+        assert raw not in text, (raw, text)
+    assert "&lt;!channel&gt;" in text and "&lt;!here&gt;" in text

@@ -52,10 +52,24 @@ class Control(Switches, Overview):
             return False
         if user in self.reviewers():
             return True
-        for category in self.rt.config.categories.values():
-            if category.reviewer_group and user in await self.directory.reviewers(category):
-                return True
+        try:
+            for category in self.rt.config.categories.values():
+                if category.reviewer_group and user in await self.directory.reviewers(category):
+                    return True
+        except SlackApiError:
+            raise Refused("Slack could not list a reviewer group; nothing was changed.") from None
         return False
+
+    async def home(self, *, user: str) -> Home:
+        """App Home: to reviewers (user groups included) and admins what `/agent status` shows them,
+        with Pause buttons; to anyone else, nothing of the state."""
+        try:
+            member = await self._member(user)
+        except Refused:
+            member = False
+        if not member:
+            return Home.closed_to(user, self.rt.clock())
+        return await asyncio.to_thread(self.snapshot, user, member=True)
 
     async def run(self, *, user: str, text: str) -> str:
         """Run one `/agent` subcommand for `user` and return the private answer."""

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -11,6 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from bot import caps, policy
+from bot.mrkdwn import escape
 from bot.runtime import Runtime
 from storage import queries
 from storage.db import transaction
@@ -44,6 +44,11 @@ class Home:
     pending: int
     oldest_pending: datetime | None
     now: datetime
+    restricted: bool = False  # the user is no reviewer or admin: nothing of the state is shown
+
+    @classmethod
+    def closed_to(cls, user: str, now: datetime) -> Home:
+        return cls(user, False, False, False, [], [], 0, None, now, restricted=True)
 
 
 class Overview:
@@ -66,7 +71,7 @@ class Overview:
             ]
         return "*Today's caps*\n" + "\n".join(lines)
 
-    def snapshot(self, user: str = "") -> Home:
+    def snapshot(self, user: str = "", *, member: bool = False) -> Home:
         now = self.rt.clock()
         with transaction(self.rt.engine, write=False) as session:
             agents = session.exec(select(Agent).where(Agent.categories != "").order_by(Agent.name)).all()
@@ -91,7 +96,7 @@ class Overview:
         oldest_at = oldest
         return Home(
             user=user,
-            can_pause=user in self.reviewers(),
+            can_pause=member or user in self.reviewers(),
             can_resume=user in self.rt.config.admins,
             all_paused="pause:all" in controls,
             agents=[AgentRow(a.name, a.state, a.paused_reason, a.offline) for a in agents],
@@ -107,7 +112,7 @@ class Overview:
         if home.all_paused:
             lines.append(":octagonal_sign: *all agents paused*")
         for agent in home.agents:
-            extra = f" — {agent.reason}" if agent.reason else ""
+            extra = f" — {escape(agent.reason)}" if agent.reason else ""
             lines.append(f"• *{agent.name}*: {agent.state}{' (offline)' if agent.offline else ''}{extra}")
         lines.append("*Categories*")
         for category in home.categories:
@@ -116,9 +121,6 @@ class Overview:
         age = "" if home.oldest_pending is None else f", oldest {_age(home.now - home.oldest_pending)}"
         lines.append(f"*Pending*: {home.pending}{age}")
         return "\n".join(lines)
-
-    async def home(self, *, user: str) -> Home:
-        return await asyncio.to_thread(self.snapshot, user)
 
 
 def _age(delta: timedelta) -> str:

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from bot import audit, caps, policy
+from bot.mrkdwn import escape
 from bot.runtime import Runtime
 from bot.settings import currency_exponent, parse_duration
 from storage import queries
@@ -83,7 +84,9 @@ class Switches:
                 subject=f"agent:{target}",
                 after={"reason": reason},
             )
-            _announce(session, self.rt, f":octagonal_sign: <@{user}> paused *{target}*: {reason}", now)
+            _announce(
+                session, self.rt, f":octagonal_sign: <@{user}> paused *{target}*: {escape(reason)}", now
+            )
         self.rt.wake_outbox()
         return f":octagonal_sign: Paused *{target}*. Nothing of it is approved or executed until an admin resumes it."
 

@@ -23,6 +23,7 @@ from bot.decisions.outcomes import (
 )
 from bot.drafts import record_change
 from bot.errors import DecisionRefused
+from bot.mrkdwn import escape
 from bot.runtime import Runtime
 from bot.settings import Category, currency_exponent
 from storage import queries
@@ -101,8 +102,14 @@ def _approve_in(
             raise DecisionRefused(
                 f"The edited amount is above this category's limit of {category.max_amount}."
             )
+    if edited_body is not None:
+        too_long = policy.too_long_to_edit(draft.body)
+        if too_long:  # the modal could only have shown (and sent back) part of it
+            raise DecisionRefused(too_long)
     body_after = draft.body if edited_body is None else edited_body
-    action = "approve" if edited_body is None and edited_amount is None else "edit"
+    # Submitting the Edit modal unchanged is an approval of the draft as it is, not an edit.
+    edited = (body_after, amount_minor) != (draft.body, draft.amount_minor)
+    action = "edit" if edited else "approve"
 
     needs_two = (
         draft.approvals_needed == 2
@@ -282,5 +289,6 @@ def edit_diff(before: str, after: str, user: str) -> str:
     )
     diff = "\n".join(lines)
     fence = "`" * 3
-    safe = diff[:2800].replace(fence, "'" * 3)
+    # Both versions are escaped: a code block does not stop Slack from reading <!channel> or <@U…>.
+    safe = escape(diff[:2800].replace(fence, "'" * 3))
     return f"<@{user}> edited the draft before approving:\n{fence}\n{safe}\n{fence}"
