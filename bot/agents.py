@@ -56,6 +56,8 @@ def add(rt: Runtime, *, name: str, categories: list[str], callback_prefixes: lis
         raise Invalid(f"unknown categories: {', '.join(unknown)}", field="categories")
     if not categories:
         raise Invalid("an agent needs at least one category", field="categories")
+    # A bare origin ("https://hooks.example.com") stands for everything on that host.
+    callback_prefixes = [p + "/" if re.fullmatch(r"https?://[^/\s]+", p) else p for p in callback_prefixes]
     for prefix in callback_prefixes:
         if not re.match(r"^https?://[^/\s]+/", prefix):
             raise Invalid(f"callback prefix must be an http(s) URL ending its host with '/': {prefix}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -59,7 +59,12 @@ def serve(
     ] = False,
 ) -> None:
     """Run the agent API, the Slack app and the background workers."""
-    settings = settings_or_exit()
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        # A first run often lacks both: name the missing Slack variables too.
+        lacking = missing_slack_credentials(os.environ, socket_mode=socket_mode)
+        fail("\n".join([*lacking, f"invalid configuration:\n{exc}"]), 2)
     missing = missing_slack_credentials(settings, socket_mode=socket_mode)
     if missing:
         fail("\n".join(missing), 2)
@@ -221,6 +226,15 @@ def parse_since(text: str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _day(text: str, settings: Settings) -> date:
+    """A day given as YYYY-MM-DD, or as an ISO 8601 datetime (its day in the configured time zone
+    when it has an offset)."""
+    if len(text) == 10:
+        return date.fromisoformat(text)
+    value = datetime.fromisoformat(text)
+    return value.astimezone(settings.config.timezone).date() if value.tzinfo else value.date()
+
+
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Check the hash chain; exit 1 naming the first bad row."""
@@ -259,7 +273,6 @@ def digest(
 ) -> None:
     """Build a day's digest; post it to the digest channel or print it."""
     import asyncio
-    from datetime import date
 
     from bot import digest as digest_module
     from bot import slack
@@ -271,9 +284,9 @@ def digest(
         day, until = now.astimezone(settings.config.timezone).date(), now
     else:
         try:
-            day, until = date.fromisoformat(date_), None
+            day, until = _day(date_, settings), None
         except ValueError:
-            fail(f"not a date: {date_!r} (use YYYY-MM-DD)", 2)
+            fail(f"not a date: {date_!r} (use YYYY-MM-DD or an ISO 8601 datetime)", 2)
     built = digest_module.build(rt, day, until=until)
     if print_:
         typer.echo(built.text())

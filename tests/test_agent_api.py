@@ -181,6 +181,24 @@ async def test_callback_url_outside_registered_prefixes_gets_422(api: Api) -> No
     assert status == 202
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/../admin",
+        "http://127.0.0.1:8080/hooks/../../admin",
+        "http://127.0.0.1:8080/%2e%2e/admin",
+        "http://127.0.0.1:8080/%2E%2E%2Fadmin",
+        "http://127.0.0.1:8080/./hook",
+        "http://127.0.0.1:8080/hooks/..%5cadmin",
+    ],
+)
+async def test_callback_url_cannot_leave_its_prefix_with_dot_segments(api: Api, url: str) -> None:
+    # The HTTP client resolves dot segments, so "/cb/../admin" would be sent to "/admin".
+    status, body = await submit(api, REFUND | {"callback_url": url})
+    assert status == 422 and body["error"]["field"] == "callback_url", body
+    assert count(api, Draft) == 0
+
+
 @pytest.mark.parametrize("requested_by", ["alice", "U0BOB\n", "U0BOB\r\n", " U0BOB", "U0BOB\u200b", "u0bob"])
 async def test_requested_by_must_be_exactly_a_slack_user_id(api: Api, requested_by: str) -> None:
     # "U0BOB\n" once passed a `$`-anchored check and let Bob approve his own draft.

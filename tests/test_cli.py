@@ -238,6 +238,20 @@ def test_serve_exits_2_naming_the_missing_slack_variable_and_where_to_get_it(
     assert not (tmp_path / "countersign.db").exists()
 
 
+def test_serve_names_the_missing_slack_variables_even_when_the_config_file_is_missing(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "COUNTERSIGN_CONFIG": str(tmp_path / "absent.toml"),
+        "COUNTERSIGN_DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+    }
+    done = run(env, "serve", "--port", "9", timeout=30)
+    assert done.returncode == 2
+    assert "SLACK_BOT_TOKEN is not set" in done.stderr and "SLACK_SIGNING_SECRET is not set" in done.stderr
+    assert "absent.toml" in done.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
 def test_serve_exits_2_without_starting_when_the_config_is_invalid(
     sqlite_env: dict[str, str], tmp_path: Path
 ) -> None:

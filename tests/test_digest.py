@@ -136,6 +136,16 @@ def test_digest_print_cli_prints_the_same_numbers(
     )
     expected = digest.build(rt, date(2026, 11, 24)).text()
     assert result.stdout.strip() == expected.strip()
+    # An ISO 8601 datetime names its day in the configured zone (New York: 03:00Z is the 24th).
+    for when in ("2026-11-24T12:00:00", "2026-11-25T03:00:00Z"):
+        again = subprocess.run(
+            [sys.executable, "-m", "bot", "digest", "--date", when, "--print"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert again.stdout.strip() == expected.strip(), when
 
 
 async def test_scheduled_digest_is_posted_once_with_its_chart(db_url: str, tmp_path: Path) -> None:

@@ -144,6 +144,20 @@ def test_load_config_uses_utc_and_nine_oclock_when_a_minimal_file_sets_neither(t
     assert config.categories["reply"].reviewers == frozenset()
 
 
+def test_a_default_channel_serves_every_category_that_sets_none(tmp_path: Path) -> None:
+    text = """
+[defaults]
+channel = "C0DEFAULT"
+reviewers = ["U0ALICE"]
+[categories.reply]
+[categories.refund]
+channel = "C0REFUNDS"
+"""
+    config = load_config(write(tmp_path, text), {})
+    assert config.categories["reply"].channel == "C0DEFAULT"
+    assert config.categories["refund"].channel == "C0REFUNDS"
+
+
 def test_load_config_merges_defaults_when_a_category_omits_a_key(tmp_path: Path) -> None:
     text = """
 [defaults]

@@ -323,6 +323,16 @@ def test_agents_add_refuses_a_forbidden_callback_prefix_and_registers_nothing(
     assert agents.list_all(rt) == []
 
 
+def test_a_bare_origin_prefix_stands_for_its_whole_host_and_is_checked_the_same(rt: Runtime) -> None:
+    with pytest.raises(Invalid) as raised:
+        agents.add(rt, name="hook-bot", categories=["reply"], callback_prefixes=["http://169.254.169.254"])
+    assert "metadata" in raised.value.message
+    agents.add(rt, name="hook-bot", categories=["reply"], callback_prefixes=["http://127.0.0.1:8080"])
+    with rt.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT callback_prefixes FROM agent WHERE name = 'hook-bot'").scalar()
+    assert json.loads(stored) == ["http://127.0.0.1:8080/"]
+
+
 def test_agents_add_cli_exits_2_on_an_obfuscated_metadata_prefix(tmp_path: Path) -> None:
     env = make_env(f"sqlite:///{tmp_path / 'countersign.db'}", write_config(tmp_path))
     done = run(

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from bot import audit, netguard, policy
 from bot.errors import Forbidden, Invalid
@@ -120,6 +121,9 @@ def check(rt: Runtime, *, agent: Agent, draft: DraftIn) -> Checked:
         raise Invalid("currency given without an amount", field="currency")
     if draft.callback_url is not None:
         prefixes: list[str] = json.loads(agent.callback_prefixes)
+        if _dot_segments(draft.callback_url):
+            # The HTTP client resolves them ("/cb/../admin" is sent as "/admin"): out of the prefix.
+            raise Invalid("callback_url must not contain '.' or '..' path segments", field="callback_url")
         if not any(draft.callback_url.startswith(prefix) for prefix in prefixes):
             raise Invalid(
                 "callback_url is not under a prefix registered for this agent", field="callback_url"
@@ -137,3 +141,9 @@ def prepare(rt: Runtime, *, agent: Agent, draft: DraftIn, key: str | None, base_
     sends the rules to its RuleWorkers)."""
     checked = check(rt, agent=agent, draft=draft)
     return checked.prepared(run_job(checked.rule_job()), key=key, base_url=base_url)
+
+
+def _dot_segments(url: str) -> bool:
+    """Does the URL's path hold a '.' or '..' segment, plain or percent-encoded (%2e, %2F)?"""
+    path = unquote(urlsplit(url).path).replace("\\", "/")
+    return any(segment in (".", "..") for segment in path.split("/"))

@@ -83,20 +83,27 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
 
 
-def missing_slack_credentials(settings: Settings, *, socket_mode: bool) -> list[str]:
-    """One message per Slack variable `serve` needs but lacks, saying where to get it."""
+def missing_slack_credentials(settings: Settings | Mapping[str, str], *, socket_mode: bool) -> list[str]:
+    """One message per Slack variable `serve` needs but lacks, saying where to get it. Takes the
+    settings, or the environment itself when the config file could not be loaded."""
+    if isinstance(settings, Settings):
+        bot_token, app_token = settings.slack_bot_token, settings.slack_app_token
+        signing_secret = settings.slack_signing_secret
+    else:
+        bot_token, app_token = settings.get("SLACK_BOT_TOKEN"), settings.get("SLACK_APP_TOKEN")
+        signing_secret = settings.get("SLACK_SIGNING_SECRET")
     where = "create the app from manifest.yml at https://api.slack.com/apps, install it, and copy"
     messages = []
-    if not settings.slack_bot_token:
+    if not bot_token:
         messages.append(
             f"SLACK_BOT_TOKEN is not set: {where} the Bot User OAuth Token (xoxb-…) from OAuth & Permissions."
         )
-    if socket_mode and not settings.slack_app_token:
+    if socket_mode and not app_token:
         messages.append(
             f"SLACK_APP_TOKEN is not set (needed for --socket-mode): {where} an App-Level Token (xapp-…)"
             " with the connections:write scope from Basic Information → App-Level Tokens."
         )
-    if not socket_mode and not settings.slack_signing_secret:
+    if not socket_mode and not signing_secret:
         messages.append(
             f"SLACK_SIGNING_SECRET is not set: {where} the Signing Secret"
             " from Basic Information → App Credentials."

@@ -258,8 +258,6 @@ def build_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[Probl
     digest_channel = r.parsed(digest, "channel", channel_id)
     digest_at = _or(r.parsed(digest, "at", parse_clock), datetime.time(9, 0))
     defaults = r.section(top, "defaults", _CATEGORY_KEYS)
-    if "channel" in defaults:
-        r.add(defaults.pop("channel")[1], "a channel cannot be a default: each category sets its own")
     categories = {
         name: _category(r, name, key, {**defaults, **r.fields(table, key, _CATEGORY_KEYS)})
         for name, (table, key) in _named_tables(r, top, "categories").items()
