@@ -147,9 +147,9 @@ def authenticate(rt: Runtime, token: str) -> Agent:
 
 @dataclass
 class TokenCache:
-    """Recently seen tokens, so the hot path skips a query. A rotated or removed token keeps
-    working for at most `ttl` seconds in a process that saw it; pause and categories are
-    re-read by every use-case, never taken from here."""
+    """Recently seen tokens, so intake's hot path skips a query before the draft is checked.
+    Intake checks the token again in the transaction that stores the draft (a rotated or removed
+    token gets 401 and stores nothing); every other endpoint authenticates against the database."""
 
     ttl: float = 2.0
     clock: Callable[[], float] = time.monotonic
@@ -220,6 +220,13 @@ def me(rt: Runtime, *, agent: Agent) -> dict[str, Any]:
                 "currency": usage.currency,
             }
     paused_all = controls.get("pause:all")
-    state = "paused" if fresh.state == "paused" or paused_all else ("offline" if fresh.offline else "active")
-    reason = fresh.paused_reason if fresh.state == "paused" else (paused_all or {}).get("reason")
+    # DESIGN's agent state is active | paused; an active agent that missed its heartbeat says so in
+    # `reason`, with the word its manual drafts carry.
+    state = "paused" if fresh.state == "paused" or paused_all else "active"
+    if fresh.state == "paused":
+        reason = fresh.paused_reason
+    elif paused_all:
+        reason = paused_all.get("reason")
+    else:
+        reason = "agent_offline" if fresh.offline else None
     return {"name": fresh.name, "state": state, "reason": reason, "categories": categories}

@@ -154,7 +154,7 @@ _ME = {
     "additionalProperties": False,
     "properties": {
         "name": _STR,
-        "state": {"enum": ["active", "paused", "offline"]},
+        "state": {"enum": ["active", "paused"]},
         "reason": _NSTR,
         "categories": {
             "type": "object",

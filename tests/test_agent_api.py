@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from bot import audit
+from bot import agents, audit
 from storage.tables import Draft, IdempotencyRecord
 from tests.conftest import Api, FrozenClock
 
@@ -35,6 +37,25 @@ async def test_submit_returns_202_pending_with_url(api: Api) -> None:
     assert body["status"] == "pending"
     assert body["url"].endswith(f"/v1/drafts/{body['id']}")
     assert "reason" not in body
+
+
+@pytest.mark.parametrize("how", ["rotate", "remove"])
+async def test_a_rotated_or_removed_token_is_refused_at_once_everywhere(api: Api, how: str) -> None:
+    # Every endpoint has just seen the token (intake caches it), then it is revoked.
+    status, created = await submit(api, REFUND)
+    assert status == 202
+    for path in (f"/v1/drafts/{created['id']}", "/v1/agents/me"):
+        assert (await api.client.get(path, headers=api.auth())).status == 200
+    if how == "rotate":
+        agents.rotate(api.rt, name="support-bot")
+    else:
+        agents.remove(api.rt, name="support-bot")
+    status, body = await submit(api, REFUND | {"summary": "after"})
+    assert status == 401 and body["error"]["code"] == "unauthorized", body
+    for path in (f"/v1/drafts/{created['id']}", "/v1/agents/me"):
+        assert (await api.client.get(path, headers=api.auth())).status == 401
+    assert (await api.client.post("/v1/heartbeat", headers=api.auth())).status == 401
+    assert count(api, Draft) == 1
 
 
 async def test_get_returns_the_agent_view_of_its_draft(api: Api) -> None:
@@ -211,6 +232,42 @@ async def test_requested_by_must_be_exactly_a_slack_user_id(api: Api, requested_
 async def test_idempotency_keys_must_be_printable_ascii(api: Api, key: str) -> None:
     status, body = await submit(api, REFUND | {"idempotency_key": key})
     assert status == 422 and body["error"]["field"] == "idempotency_key"
+    assert count(api, Draft) == 0
+
+
+async def test_the_same_key_while_the_first_request_is_in_flight_gets_409(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot import intake
+
+    release, write_batch = threading.Event(), intake.write_batch
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        release.wait(10)
+        return write_batch(*args, **kwargs)
+
+    monkeypatch.setattr(intake, "write_batch", held)
+    first = asyncio.create_task(submit(api, REFUND, **{"Idempotency-Key": "k-busy"}))
+    await asyncio.sleep(0.2)  # the first request now waits on its (held) write
+    status, body = await submit(api, REFUND, **{"Idempotency-Key": "k-busy"})
+    assert status == 409 and body["error"]["code"] == "conflict", body
+    release.set()
+    status, created = await first
+    assert status == 202
+    # Answered: the same key now replays the stored answer.
+    assert await submit(api, REFUND, **{"Idempotency-Key": "k-busy"}) == (202, created)
+    assert count(api, Draft) == 1
+
+
+async def test_an_unexpected_failure_still_answers_the_json_error_shape(api: Api) -> None:
+    with api.rt.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO control_state (\"key\", value, updated_at, updated_by) VALUES ('pause:all', '{not json', '2026-11-24 00:00:00', 'test')"
+        )
+    status, body = await submit(api, REFUND)
+    assert status == 500 and body == {
+        "error": {"code": "internal", "message": "unexpected error; the server log has the details"}
+    }
     assert count(api, Draft) == 0
 
 

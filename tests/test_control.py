@@ -256,9 +256,13 @@ async def test_missed_heartbeat_marks_the_agent_offline_until_it_checks_in(beati
     await eventually(lambda: any("missed its heartbeat" in a for a in h.alerts()))
     created = await h.submit()
     assert created["status"] == "manual" and created["reason"] == "agent_offline"
+    me = await (await h.client.get("/v1/agents/me", headers=h.auth())).json()
+    assert (me["state"], me["reason"]) == ("active", "agent_offline")  # DESIGN: active | paused
     await h.client.post("/v1/heartbeat", headers=h.auth())
     await eventually(lambda: any("back online" in a for a in h.alerts()))
     assert (await h.submit(summary="again"))["status"] == "pending"
+    me = await (await h.client.get("/v1/agents/me", headers=h.auth())).json()
+    assert (me["state"], me["reason"]) == ("active", None)
 
 
 async def test_backlog_watchdog_alerts_once_an_hour(h: Harness) -> None:

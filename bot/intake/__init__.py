@@ -10,11 +10,13 @@ outbox jobs and stored idempotent response, in the same transaction as the draft
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy.exc import IntegrityError
 
 from bot import crashpoints
-from bot.errors import CountersignError
+from bot.errors import Conflict, CountersignError
 from bot.intake.checks import (
     Checked,
     Prepared,
@@ -86,6 +88,25 @@ class IntakeWriter:
         self.linger = linger
         self._pending: list[tuple[Prepared, asyncio.Future[Result]]] = []
         self._kick = asyncio.Event()
+        self._in_flight: set[tuple[int, str]] = set()
+
+    @contextmanager
+    def in_flight(self, agent_id: int, key: str | None) -> Iterator[None]:
+        """Hold an Idempotency-Key while its request is being answered: the same key again meanwhile
+        is a 409 (IETF Idempotency-Key draft). Once answered, the same key replays the answer."""
+        if key is None:
+            yield
+            return
+        pair = (agent_id, key)
+        if pair in self._in_flight:
+            raise Conflict(
+                "a request with this Idempotency-Key is still in flight; retry once it has answered"
+            )
+        self._in_flight.add(pair)
+        try:
+            yield
+        finally:
+            self._in_flight.discard(pair)
 
     async def submit(self, item: Prepared) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()

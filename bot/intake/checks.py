@@ -35,6 +35,9 @@ class Prepared:
     key: str | None
     fingerprint: str
     base_url: str
+    # The bearer token's hash when the agent came from the server's token cache: the transaction
+    # that stores the draft checks the token is still live (None: authenticated just now).
+    token_hash: str | None = None
 
 
 def request_fingerprint(draft: DraftIn) -> str:
@@ -78,7 +81,9 @@ class Checked:
             currency=self.currency,
         )
 
-    def prepared(self, findings: list[Finding], *, key: str | None, base_url: str) -> Prepared:
+    def prepared(
+        self, findings: list[Finding], *, key: str | None, base_url: str, token_hash: str | None = None
+    ) -> Prepared:
         risk = {
             "level": risk_level(findings),
             "findings": [finding.to_dict() for finding in findings],
@@ -95,6 +100,7 @@ class Checked:
             key=key,
             fingerprint=request_fingerprint(self.draft),
             base_url=base_url,
+            token_hash=token_hash,
         )
 
 

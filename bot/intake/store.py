@@ -13,7 +13,7 @@ from pydantic_core import PydanticUndefined
 from sqlmodel import Session
 
 from bot import audit, caps, policy
-from bot.errors import CountersignError, IdempotencyMismatch
+from bot.errors import CountersignError, IdempotencyMismatch, Unauthorized
 from bot.intake.checks import Prepared
 from bot.runtime import Runtime
 from bot.settings import currency_exponent
@@ -77,9 +77,13 @@ def store_batch(session: Session, rt: Runtime, items: list[Prepared]) -> list[Re
     db = RawCursor.of(session)
     results: list[Result | CountersignError | None] = [None] * len(items)
     first_of_key: dict[tuple[int, str], int] = {}
-    stored = _stored_answers(db, items, now)
+    revoked = _revoked_tokens(db, items)
     for index, item in enumerate(items):
-        if item.key is None:
+        if item.token_hash in revoked:
+            results[index] = Unauthorized("unknown or revoked agent token")
+    stored = _stored_answers(db, [item for i, item in enumerate(items) if results[i] is None], now)
+    for index, item in enumerate(items):
+        if item.key is None or results[index] is not None:
             continue
         pair = (item.agent_id, item.key)
         answer = stored.get(pair)
@@ -111,6 +115,19 @@ def store_batch(session: Session, rt: Runtime, items: list[Prepared]) -> list[Re
             results[index] = _replay(item, items[first_of_key[(item.agent_id, item.key)]].fingerprint, *first)
     assert all(result is not None for result in results)
     return results  # type: ignore[return-value]
+
+
+def _revoked_tokens(db: RawCursor, items: list[Prepared]) -> set[str]:
+    """The token hashes (of items authenticated from the cache) that are no longer live: rotated
+    or removed since the cache saw them."""
+    hashes = sorted({item.token_hash for item in items if item.token_hash is not None})
+    if not hashes:
+        return set()
+    live = db.rows(
+        f"SELECT token_hash FROM agent_token WHERE token_hash IN ({marks(len(hashes))}) AND revoked_at IS NULL",
+        hashes,
+    )
+    return set(hashes) - {row[0] for row in live}
 
 
 def _stored_answers(
