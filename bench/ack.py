@@ -13,7 +13,8 @@ over many categories so Slack's per-channel pace does not hold up the posts) and
 draft is posted and the outbox is idle. Then, one click at a time, alternating between the two
 targets, it POSTs a freshly signed `block_actions` Approve payload to /slack/events over a kept-alive
 connection and records:
-- request → HTTP response (Bolt acks before the listener runs), for both targets;
+- request → HTTP response, for both targets (Countersign acks once the decision is committed:
+  handlers/context.py's ack_when_done);
 - request → decision committed, for Countersign: the draft's row is polled in the SQLite file
   (a WAL reader, every 0.2 ms) until it leaves `pending`.
 After each Countersign click it waits for the outbox to go idle again (message update, executor
@@ -21,9 +22,8 @@ call), so every sample starts from a quiet server. Nothing is asserted; the numb
 README (target: p99 under 100 ms, database transaction included).
 
 Reading the numbers: Bolt's asyncio listener runner (process_before_response=False) polls for the
-ack every 10 ms (`await asyncio.sleep(0.01)`), so both targets carry that floor, and Countersign's
-decision transaction usually commits inside that window: request → committed is then about equal
-to request → ack.
+ack every 10 ms (`await asyncio.sleep(0.01)`), so both targets carry that floor; Countersign's
+decision transaction usually commits inside that window, and its ack always comes after the commit.
 """
 
 from __future__ import annotations

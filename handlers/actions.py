@@ -1,4 +1,4 @@
-"""Button clicks on draft messages and manual-queue items: ack, decide, tell the clicker."""
+"""Button clicks on draft messages and manual-queue items: decide, ack, tell the clicker."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from bot.errors import DecisionRefused
 from bot.policy import from_minor
 from bot.settings import currency_exponent
 from handlers import blocks, ids
-from handlers.context import services
+from handlers.context import ack_when_done, services
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +23,10 @@ async def _tell(respond: AsyncRespond, text: str) -> None:
     await respond(text=text, response_type="ephemeral", replace_original=False)
 
 
-async def _answer(respond: AsyncRespond, decision: Awaitable[Outcome]) -> None:
-    """Tell the clicker, privately, what their click did (or why it did nothing)."""
+async def _answer(ack: AsyncAck, respond: AsyncRespond, decision: Awaitable[Outcome]) -> None:
+    """Decide, ack, then tell the clicker privately what their click did (or why it did nothing)."""
     try:
-        outcome = await decision
+        outcome = await ack_when_done(ack, decision)
     except DecisionRefused as refused:
         await _tell(respond, refused.message)
         return
@@ -36,17 +36,15 @@ async def _answer(respond: AsyncRespond, decision: Awaitable[Outcome]) -> None:
 async def approve(
     ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext, respond: AsyncRespond
 ) -> None:
-    await ack()
     reviewing = services(context).reviewing
-    await _answer(respond, reviewing.approve(user=body["user"]["id"], value=body["actions"][0]["value"]))
+    await _answer(ack, respond, reviewing.approve(user=body["user"]["id"], value=body["actions"][0]["value"]))
 
 
 async def retry(
     ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext, respond: AsyncRespond
 ) -> None:
-    await ack()
     reviewing = services(context).reviewing
-    await _answer(respond, reviewing.retry(user=body["user"]["id"], value=body["actions"][0]["value"]))
+    await _answer(ack, respond, reviewing.retry(user=body["user"]["id"], value=body["actions"][0]["value"]))
 
 
 async def edit(
@@ -106,10 +104,11 @@ async def done(ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext, r
 async def _manual(
     ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext, respond: AsyncRespond, action: str
 ) -> None:
-    await ack()
     reviewing = services(context).reviewing
     await _answer(
-        respond, reviewing.manual(user=body["user"]["id"], value=body["actions"][0]["value"], action=action)
+        ack,
+        respond,
+        reviewing.manual(user=body["user"]["id"], value=body["actions"][0]["value"], action=action),
     )
 
 
@@ -129,10 +128,9 @@ async def _home_toggle(
     ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext, client: AsyncWebClient, verb: str
 ) -> None:
     """App Home buttons run the same command, with the same permissions, as /agent."""
-    await ack()
     user, agent = body["user"]["id"], body["actions"][0]["value"]
     control = services(context).control
-    answer = await control.run(user=user, text=f"{verb} {agent} via App Home")
+    answer = await ack_when_done(ack, control.run(user=user, text=f"{verb} {agent} via App Home"))
     await client.chat_postMessage(channel=user, text=answer)
     await client.views_publish(user_id=user, view=blocks.home_view(await control.home(user=user)))
 

@@ -8,14 +8,14 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncResp
 
 from bot.control import HELP
 from handlers import ids
-from handlers.context import services
+from handlers.context import ack_when_done, services
 
 
 async def agent_command(
     ack: AsyncAck, command: dict[str, Any], context: AsyncBoltContext, respond: AsyncRespond
 ) -> None:
-    await ack()
-    text = await services(context).control.run(user=command["user_id"], text=command.get("text") or "")
+    control = services(context).control
+    text = await ack_when_done(ack, control.run(user=command["user_id"], text=command.get("text") or ""))
     await respond(text=text or HELP, response_type="ephemeral")
 
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from slack_bolt.async_app import AsyncBoltContext
+from slack_bolt.async_app import AsyncAck, AsyncBoltContext
 
 from bot.control import Control
 from bot.review import Reviewing
 from bot.runtime import Runtime
 
 KEY = "countersign"
+# Slack gives up on an ack after 3 s (and Bolt stops waiting for one): leave room for the network.
+ACK_BUDGET = 2.5
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -24,3 +30,14 @@ class Services:
 def services(context: AsyncBoltContext) -> Services:
     value: Any = context[KEY]
     return value  # type: ignore[no-any-return]
+
+
+async def ack_when_done(ack: AsyncAck, work: Awaitable[T]) -> T:
+    """Run a change (a decision, a pause), then ack: by the time Slack has the acknowledgment the
+    change is committed, so a pause acknowledged is a pause in effect. Should the change take
+    longer than ACK_BUDGET, ack anyway (Slack would show the user an error) and let it finish;
+    the answer goes to the user afterwards either way. A failing change is acked too, then raised."""
+    task = asyncio.ensure_future(work)
+    await asyncio.wait({task}, timeout=ACK_BUDGET)
+    await ack()
+    return await task

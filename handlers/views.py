@@ -12,7 +12,7 @@ from bot.errors import DecisionRefused
 from bot.review import EditForm, parse_value
 from bot.schemas import clean_text
 from handlers import ids
-from handlers.context import services
+from handlers.context import ack_when_done, services
 
 
 def _value(view: dict[str, Any], block: str, action: str) -> str:
@@ -61,7 +61,6 @@ async def edit_submitted(
     if errors:
         await ack(response_action="errors", errors=errors)
         return
-    await ack()
     user = body["user"]["id"]
     form = EditForm(
         draft_id=meta["draft_id"],
@@ -70,7 +69,7 @@ async def edit_submitted(
         amount_text=amount_text.strip() or None,
     )
     try:
-        outcome = await services(context).reviewing.approve_edited(user=user, form=form)
+        outcome = await ack_when_done(ack, services(context).reviewing.approve_edited(user=user, form=form))
     except DecisionRefused as refused:
         await _notify(client, meta, user, refused.message)
         return
@@ -94,11 +93,13 @@ async def reject_submitted(
     if not reason.strip():
         await ack(response_action="errors", errors={ids.REJECT_REASON_BLOCK: "A reason is required."})
         return
-    await ack()
     user = body["user"]["id"]
     try:
-        outcome = await services(context).reviewing.reject(
-            user=user, draft_id=meta["draft_id"], version=int(meta["version"]), reason=reason
+        outcome = await ack_when_done(
+            ack,
+            services(context).reviewing.reject(
+                user=user, draft_id=meta["draft_id"], version=int(meta["version"]), reason=reason
+            ),
         )
     except DecisionRefused as refused:
         await _notify(client, meta, user, refused.message)

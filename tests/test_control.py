@@ -354,3 +354,25 @@ async def test_a_pause_reason_cannot_ping_the_alerts_channel(h: Harness) -> None
     assert "<@U0ALICE>" in alert  # the mention Countersign itself writes stays a mention
     status = await h.command("U0ALICE", "status")
     assert "<!channel>" not in status and "&lt;!channel&gt;" in status
+
+
+async def test_once_slack_has_the_pause_ack_the_pause_is_in_effect(h: Harness) -> None:
+    # No waiting for the private answer: the HTTP acknowledgment itself comes after the commit.
+    status, _ = await h.post_signed(
+        signing.slash_command(
+            SIGNING_SECRET,
+            user_id="U0ALICE",
+            text="pause support-bot now",
+            response_url=h.slack.response_url(kind="commands"),
+        )
+    )
+    assert status == 200
+    created = await h.submit()
+    assert (created["status"], created["reason"]) == ("manual", "agent_paused")
+
+
+async def test_once_slack_has_the_approve_ack_the_approval_is_committed(h: Harness) -> None:
+    created = await h.submit()
+    status, _ = await h.click("U0BOB", ids.APPROVE, created["id"])
+    assert status == 200
+    assert (await h.draft(created["id"]))["status"] in ("approved", "executed")
