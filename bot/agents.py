@@ -47,6 +47,8 @@ class Registered:
 
 def add(rt: Runtime, *, name: str, categories: list[str], callback_prefixes: list[str]) -> Registered:
     """Register an agent; its token and callback secret are returned once and stored hashed/kept."""
+    if name == "all":
+        raise Invalid("'all' names every agent in /agent pause and resume; pick another name", field="name")
     if not NAME_RE.fullmatch(name):
         raise Invalid(
             "agent names are lowercase slugs: a-z, 0-9, '-' and '_', up to 40 characters", field="name"

@@ -132,6 +132,7 @@ def test_agents_add_prints_a_token_and_callback_secret_once_that_work(
         (["Support Bot", "--categories", "reply"], "lowercase"),
         (["support-bot", "--categories", "reply", "--callback-prefix", "ftp://x/"], "callback prefix"),
         (["taken-bot", "--categories", "reply"], "agent 'taken-bot' already exists"),
+        (["all", "--categories", "reply"], "'all' names every agent"),
     ],
 )
 def test_agents_add_exits_2_and_registers_nothing_when_an_argument_is_invalid(

@@ -376,3 +376,19 @@ async def test_once_slack_has_the_approve_ack_the_approval_is_committed(h: Harne
     status, _ = await h.click("U0BOB", ids.APPROVE, created["id"])
     assert status == 200
     assert (await h.draft(created["id"]))["status"] in ("approved", "executed")
+
+
+async def test_resume_all_releases_the_pause_of_all_and_every_agents_own(h: Harness) -> None:
+    assert "Nothing to resume" in await h.command("U0ADMIN", "resume all")
+    await h.command("U0ALICE", "pause support-bot looked wrong")
+    await h.command("U0ALICE", "pause all incident")
+    answer = await h.command("U0ADMIN", "resume all")
+    assert answer == ":arrow_forward: Resumed *all*, *support-bot*.", answer
+    assert (await h.submit())["status"] == "pending"
+    me = await (await h.client.get("/v1/agents/me", headers=h.auth())).json()
+    assert (me["state"], me["reason"]) == ("active", None)
+    with h.rt.engine.connect() as conn:
+        subjects = conn.exec_driver_sql(
+            "SELECT subject FROM audit_event WHERE action = 'agent.resumed' ORDER BY seq"
+        ).all()
+    assert [row[0] for row in subjects] == ["agent:all", "agent:support-bot"]

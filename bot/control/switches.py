@@ -97,20 +97,31 @@ class Switches:
         now = self.rt.clock()
         with transaction(self.rt.engine) as session:
             if target == "all":
-                if queries.get_control(session, "pause:all") is None:
-                    return "Nothing to resume: `all` is not paused."
-                queries.set_control(session, "pause:all", None, by=user, at=now)
+                # Everything that stops an agent: the pause of all, and each agent's own (by hand
+                # or automatic), each resumed and audited by name.
+                resumed = [
+                    name for name in session.exec(select(Agent.name).where(Agent.state == "paused")).all()
+                ]
+                if queries.get_control(session, "pause:all") is not None:
+                    queries.set_control(session, "pause:all", None, by=user, at=now)
+                    resumed.insert(0, "all")
+                if not resumed:
+                    return "Nothing to resume: no agent is paused."
                 _refresh_pending(session, now)
             else:
-                _set_agent(
-                    session, target, now, state="active", paused_by=None, paused_at=None, paused_reason=None
+                resumed = [target]
+            for name in resumed:
+                if name != "all":
+                    _set_agent(
+                        session, name, now, state="active", paused_by=None, paused_at=None, paused_reason=None
+                    )
+                audit.append(
+                    session, at=now, actor=f"slack:{user}", action="agent.resumed", subject=f"agent:{name}"
                 )
-            audit.append(
-                session, at=now, actor=f"slack:{user}", action="agent.resumed", subject=f"agent:{target}"
-            )
-            _announce(session, self.rt, f":arrow_forward: <@{user}> resumed *{target}*.", now)
+            names = ", ".join(f"*{name}*" for name in resumed)
+            _announce(session, self.rt, f":arrow_forward: <@{user}> resumed {names}.", now)
         self.rt.wake_outbox()
-        return f":arrow_forward: Resumed *{target}*."
+        return f":arrow_forward: Resumed {names}."
 
     def _category(self, args: list[str], usage: str) -> str:
         if not args or args[0] not in self.rt.config.categories:
