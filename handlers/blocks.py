@@ -344,7 +344,17 @@ def home_view(home: Any) -> View:
         text = "Countersign shows its agents, caps and pending work to reviewers and admins only."
         return View(type="home", blocks=[*out, SectionBlock(text=MarkdownTextObject(text=text))])
     if home.all_paused:
-        out.append(SectionBlock(text=MarkdownTextObject(text=":octagonal_sign: *All agents are paused.*")))
+        resume_all = None
+        if home.can_resume:
+            resume_all = ButtonElement(
+                text="Resume all", action_id=ids.HOME_RESUME, value="all", style="primary"
+            )
+        out.append(
+            SectionBlock(
+                text=MarkdownTextObject(text=":octagonal_sign: *All agents are paused.*"),
+                accessory=resume_all,
+            )
+        )
     out.append(SectionBlock(text=MarkdownTextObject(text="*Agents*")))
     for agent in home.agents[:30]:
         state = agent.state + (" · offline" if agent.offline else "")

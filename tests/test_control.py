@@ -392,3 +392,25 @@ async def test_resume_all_releases_the_pause_of_all_and_every_agents_own(h: Harn
             "SELECT subject FROM audit_event WHERE action = 'agent.resumed' ORDER BY seq"
         ).all()
     assert [row[0] for row in subjects] == ["agent:all", "agent:support-bot"]
+
+
+async def test_app_home_offers_admins_resume_all_while_all_are_paused(h: Harness) -> None:
+    await h.command("U0ALICE", "pause all incident")
+    await h.post_signed(signing.event_callback(SIGNING_SECRET, signing.app_home_opened_event("U0ADMIN")))
+    view = (await eventually(lambda: h.slack.calls("views.publish")))[0].params["view"]
+    buttons = [b["accessory"] for b in view["blocks"] if (b.get("accessory") or {}).get("value") == "all"]
+    assert [(b["action_id"], b["text"]["text"]) for b in buttons] == [(ids.HOME_RESUME, "Resume all")]
+    home = {
+        "id": "V0HOME",
+        "type": "home",
+        "callback_id": "",
+        "private_metadata": "",
+        "state": {"values": {}},
+    }
+    status, _ = await h.post_signed(
+        signing.block_action(
+            SIGNING_SECRET, user_id="U0ADMIN", action_id=ids.HOME_RESUME, value="all", view=home
+        )
+    )
+    assert status == 200
+    assert (await h.submit())["status"] == "pending"
