@@ -19,6 +19,7 @@ from bot import agents, digest
 from bot.app import Options, create_app
 from bot.runtime import Runtime
 from bot.settings import load_settings
+from handlers import ids
 from handlers.agent_api import RUNTIME
 from storage.db import transaction
 from storage.tables import Draft, ScheduleClaim
@@ -49,6 +50,14 @@ class ShiftedClock:
 
     def advance(self, **kwargs: float) -> None:
         self.offset += timedelta(**kwargs)
+
+
+def edit_values(body: str, amount: str = "30.00") -> dict[str, Any]:
+    """The Edit modal's state values: the reply text and the amount as a reviewer left them."""
+    return {
+        ids.EDIT_BODY_BLOCK: {ids.EDIT_BODY_INPUT: {"type": "plain_text_input", "value": body}},
+        ids.EDIT_AMOUNT_BLOCK: {ids.EDIT_AMOUNT_INPUT: {"type": "plain_text_input", "value": amount}},
+    }
 
 
 def _claim_todays_digest(rt: Runtime, now: datetime) -> None:

@@ -14,7 +14,7 @@ from handlers import ids
 from storage.tables import AuditEvent, Draft
 from tests.conftest import EXECUTOR_SECRET, SIGNING_SECRET
 from tests.doubles import signing
-from tests.harness import Harness, eventually, harness
+from tests.harness import Harness, edit_values, eventually, harness
 
 
 @pytest.fixture
@@ -70,10 +70,7 @@ async def test_edit_opens_a_prefilled_modal_and_approves_the_edited_text(h: Harn
     meta = view["private_metadata"]
 
     edited = "Hi Dana, we refunded $30.00 to your original card; it shows in 3-5 days."
-    values = {
-        ids.EDIT_BODY_BLOCK: {ids.EDIT_BODY_INPUT: {"type": "plain_text_input", "value": edited}},
-        ids.EDIT_AMOUNT_BLOCK: {ids.EDIT_AMOUNT_INPUT: {"type": "plain_text_input", "value": "30.00"}},
-    }
+    values = edit_values(edited)
     status, _ = await h.submit_view("U0BOB", ids.EDIT_MODAL, meta, values)
     assert status == 200
     result = await h.status(created["id"], "executed")
@@ -389,10 +386,7 @@ async def test_a_draft_too_long_for_the_edit_box_cannot_be_edited_in_slack(h: Ha
     assert h.slack.calls("views.open") == []
     # A modal submitted anyway (an old one, or a forged payload) approves nothing.
     meta = json.dumps({"draft_id": created["id"], "version": 1, "channel": "C0REFUNDS", "ts": None})
-    values = {
-        ids.EDIT_BODY_BLOCK: {ids.EDIT_BODY_INPUT: {"type": "plain_text_input", "value": body[:3000]}},
-        ids.EDIT_AMOUNT_BLOCK: {ids.EDIT_AMOUNT_INPUT: {"type": "plain_text_input", "value": "30.00"}},
-    }
+    values = edit_values(body[:3000])
     status, _ = await h.submit_view("U0BOB", ids.EDIT_MODAL, meta, values)
     assert status == 200
     await eventually(lambda: sum("more than Slack's edit box holds" in t for t in h.ephemeral_texts()) == 2)
@@ -405,10 +399,7 @@ async def test_an_edit_submitted_unchanged_is_an_approval(h: Harness) -> None:
     await h.click("U0BOB", ids.EDIT, created["id"])
     opened = await eventually(lambda: h.slack.calls("views.open"))
     body = (await h.draft(created["id"]))["body"]
-    values = {
-        ids.EDIT_BODY_BLOCK: {ids.EDIT_BODY_INPUT: {"type": "plain_text_input", "value": body}},
-        ids.EDIT_AMOUNT_BLOCK: {ids.EDIT_AMOUNT_INPUT: {"type": "plain_text_input", "value": "30.00"}},
-    }
+    values = edit_values(body)
     status, _ = await h.submit_view(
         "U0BOB", ids.EDIT_MODAL, opened[0].params["view"]["private_metadata"], values
     )
@@ -421,10 +412,7 @@ async def test_the_edit_diff_in_the_thread_cannot_ping_or_mention(h: Harness) ->
     created = await h.submit(body="Hi <!channel> <@U0BOB> @here, see <https://evil.example|help.acme.com>.")
     await h.click("U0BOB", ids.EDIT, created["id"])
     opened = await eventually(lambda: h.slack.calls("views.open"))
-    values = {
-        ids.EDIT_BODY_BLOCK: {ids.EDIT_BODY_INPUT: {"type": "plain_text_input", "value": "Hi <!here> Dana."}},
-        ids.EDIT_AMOUNT_BLOCK: {ids.EDIT_AMOUNT_INPUT: {"type": "plain_text_input", "value": "30.00"}},
-    }
+    values = edit_values("Hi <!here> Dana.")
     await h.submit_view("U0BOB", ids.EDIT_MODAL, opened[0].params["view"]["private_metadata"], values)
     threads = await eventually(
         lambda: [c for c in h.slack.calls("chat.postMessage") if c.params.get("thread_ts")]

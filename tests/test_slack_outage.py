@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from handlers import ids
-from tests.harness import eventually, harness
+from tests.harness import edit_values, eventually, harness
 
 
 def posts_to(h: object, channel: str) -> list[object]:
@@ -61,10 +61,7 @@ async def test_a_thread_reply_and_an_alert_that_timed_out_after_posting_are_not_
         await h.click("U0BOB", ids.EDIT, created["id"])
         opened = await eventually(lambda: h.slack.calls("views.open"))
         edited = "Hi Dana, we refunded $30.00 to your original card."
-        values = {
-            ids.EDIT_BODY_BLOCK: {ids.EDIT_BODY_INPUT: {"type": "plain_text_input", "value": edited}},
-            ids.EDIT_AMOUNT_BLOCK: {ids.EDIT_AMOUNT_INPUT: {"type": "plain_text_input", "value": "30.00"}},
-        }
+        values = edit_values(edited)
         status, _ = await h.submit_view(
             "U0BOB", ids.EDIT_MODAL, opened[0].params["view"]["private_metadata"], values
         )
