@@ -95,7 +95,8 @@ async def post_digest(
 
 
 METADATA_EVENT = "countersign_draft"
-JOB_EVENT = "countersign_job"  # thread replies and alerts: the outbox job that posted them
+JOB_EVENT = "countersign_job"
+HISTORY_PAGES = 5  # how far back a retried post looks for its earlier attempt: 1,000 messages  # thread replies and alerts: the outbox job that posted them
 
 
 def _event_payload(message: dict[str, Any], event_type: str) -> dict[str, Any]:
@@ -283,12 +284,19 @@ class SlackJobs:
         return None
 
     async def _recent_messages(self, job: OutboxJob, channel: str) -> list[dict[str, Any]]:
-        """The channel's messages since shortly before the job was enqueued, with their metadata."""
-        oldest = job.created_at.timestamp() - 60
-        response = await self.client.conversations_history(
-            channel=channel, oldest=str(oldest), include_all_metadata=True, limit=200
-        )
-        return list(response.get("messages") or [])
+        """The channel's messages since shortly before the job was enqueued, with their metadata
+        (up to HISTORY_PAGES pages of 200: a busy channel can have more than one page since)."""
+        oldest, cursor = job.created_at.timestamp() - 60, None
+        messages: list[dict[str, Any]] = []
+        for _ in range(HISTORY_PAGES):
+            response = await self.client.conversations_history(
+                channel=channel, oldest=str(oldest), include_all_metadata=True, limit=200, cursor=cursor
+            )
+            messages += response.get("messages") or []
+            cursor = (response.get("response_metadata") or {}).get("next_cursor")
+            if not response.get("has_more") or not cursor:
+                break
+        return messages
 
     def _recovered(self, job: OutboxJob) -> None:
         """Slack is back after failures: say so in the alerts channel, at most once an hour."""

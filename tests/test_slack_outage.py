@@ -2,7 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slack_sdk.web.async_client import AsyncWebClient
+
 from handlers import ids
+from tests.conftest import BOT_TOKEN
 from tests.harness import edit_values, eventually, harness
 
 
@@ -46,6 +49,28 @@ async def test_a_post_that_timed_out_after_posting_is_not_posted_again(db_url: s
             if (m.get("metadata") or {}).get("event_payload", {}).get("draft_id") == created["id"]
         ]
         assert len(stored) == 1
+
+
+async def test_a_retried_post_finds_its_message_pages_back_in_a_busy_channel(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with harness(db_url, tmp_path) as h:
+        h.slack.fail("chat.postMessage", status="timeout", times=1, delay=12, channel="C0REFUNDS")
+        created = await h.submit()
+        await eventually(lambda: h.slack.calls("chat.postMessage"))
+        # While the answer is held back, the channel fills up: 450 messages after the draft's.
+        others = AsyncWebClient(token=BOT_TOKEN, base_url=h.slack.base_url)
+        for n in range(450):
+            await others.chat_postMessage(channel="C0REFUNDS", text=f"chatter {n}")
+        message = await h.posted(created["id"], timeout=40)
+        mine = [
+            m
+            for m in h.slack.messages.values()
+            if (m.get("metadata") or {}).get("event_payload", {}).get("draft_id") == created["id"]
+        ]
+        assert len(mine) == 1 and mine[0]["ts"] == message["ts"]
+        pages = [c for c in h.slack.calls("conversations.history") if c.params.get("channel") == "C0REFUNDS"]
+        assert len(pages) == 3  # 451 messages, 200 a page
 
 
 async def test_a_thread_reply_and_an_alert_that_timed_out_after_posting_are_not_posted_again(

@@ -72,7 +72,8 @@ class _WebApiMethods:
         return {"ok": True, "channel": channel, "ts": ts, "message": _wire_message(record)}
 
     async def _conversations_history(self, params: JSON) -> JSON:
-        """Newest first; metadata only with include_all_metadata, as Slack does."""
+        """Newest first, a page of `limit` at a time (`cursor` from response_metadata.next_cursor);
+        metadata only with include_all_metadata, as Slack does."""
         channel = self._resolve_channel(params.get("channel"), allow_user=False)
         if channel is None:
             return _error("channel_not_found")
@@ -87,7 +88,15 @@ class _WebApiMethods:
             if not with_metadata:
                 message.pop("metadata", None)
             found.append(message)
-        return {"ok": True, "messages": found[:limit], "has_more": len(found) > limit}
+        start = int(params.get("cursor") or 0)
+        page: JSON = {
+            "ok": True,
+            "messages": found[start : start + limit],
+            "has_more": len(found) > start + limit,
+        }
+        if page["has_more"]:
+            page["response_metadata"] = {"next_cursor": str(start + limit)}
+        return page
 
     async def _conversations_replies(self, params: JSON) -> JSON:
         """The thread's parent then its replies, oldest first; metadata only on request, as history."""
