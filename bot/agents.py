@@ -69,7 +69,7 @@ def add(rt: Runtime, *, name: str, categories: list[str], callback_prefixes: lis
             raise Invalid(f"callback prefix refused: {exc}") from None
     token, secret = new_token(), new_webhook_secret()
     now = rt.clock()
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, audited=True) as session:
         if session.exec(select(Agent).where(Agent.name == name)).first() is not None:
             raise Invalid(f"agent {name!r} already exists", field="name")
         agent = Agent(
@@ -102,7 +102,7 @@ def rotate(rt: Runtime, *, name: str) -> str:
     """Revoke every token of the agent and issue a new one."""
     token = new_token()
     now = rt.clock()
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, audited=True) as session:
         agent = _by_name(rt, name, session)
         session.execute(
             sa.update(AgentToken)
@@ -119,7 +119,7 @@ def rotate(rt: Runtime, *, name: str) -> str:
 def remove(rt: Runtime, *, name: str) -> None:
     """Revoke the agent's tokens for good; its drafts and audit trail stay."""
     now = rt.clock()
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, audited=True) as session:
         agent = _by_name(rt, name, session)
         session.execute(
             sa.update(AgentToken)
@@ -172,7 +172,7 @@ class TokenCache:
 def heartbeat(rt: Runtime, *, agent: Agent) -> dict[str, Any]:
     """Record that the agent is alive; an offline agent comes back online, audited."""
     now = rt.clock()
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, audited=True) as session:
         was_offline = queries.set_heartbeat(session, agent.id, now)  # type: ignore[arg-type]
         if was_offline:
             audit.append(

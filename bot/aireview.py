@@ -54,7 +54,7 @@ class AIReviewJobs:
 def apply(rt: Runtime, draft_id: str, result: ReviewResult) -> None:
     """Merge the reviewer's findings into the draft's risk, audited, and refresh its card."""
     now = rt.clock()
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, audited=True) as session:
         draft = session.get(Draft, draft_id)
         if draft is None:
             return

@@ -104,6 +104,7 @@ async def schedules(rt: Runtime, control: Control, every: float, stop: asyncio.E
             await asyncio.to_thread(watchdogs.check_heartbeats, rt)
             await asyncio.to_thread(watchdogs.check_backlog, rt)
             await asyncio.to_thread(digest.claim_due, rt, worker=worker)
+            await asyncio.to_thread(digest.claim_missed, rt, worker=worker)
         except Exception:
             log.exception("scheduled work failed")
         with contextlib.suppress(TimeoutError):
@@ -138,6 +139,7 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
     slack_app = slack_app_module.build(settings, rt, client, metrics)
     app[slack_app_module.SLACK_APP] = slack_app
     app[slack_app_module.VERIFIER] = SignatureVerifier(settings.slack_signing_secret or "")
+    app[slack_app_module.DENIALS] = slack_app_module.DenialLog()
     app.router.add_post("/slack/events", slack_app_module.slack_events)
 
     slack_jobs = slack.SlackJobs(rt=rt, client=client)

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from storage.db import transaction
-from storage.rawsql import RawCursor, lock_audit_chain
+from storage.rawsql import AUDIT_LOCKED, RawCursor
 from storage.tables import AuditEvent
 
 GENESIS = "0" * 64
@@ -80,8 +80,12 @@ def append_many(session: Session, events: Sequence[Event]) -> None:
     """
     if not events:
         return
+    if not session.info.get(AUDIT_LOCKED):
+        raise RuntimeError(
+            "audit events are appended only in transaction(audited=True), which takes the chain lock"
+            " before any row is written (taken later, PostgreSQL can deadlock)"
+        )
     db = RawCursor.of(session)
-    lock_audit_chain(session)
     last = db.rows("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")
     seq, prev_hash = (last[0][0], last[0][1]) if last else (0, GENESIS)
     rows = []
@@ -142,8 +146,12 @@ class Verification:
     problem: str | None = None
 
 
-def verify(engine: Engine) -> Verification:
-    """Walk the chain from the first row; report the first row that does not fit."""
+def verify(engine: Engine, *, witness: tuple[int, str] | None = None) -> Verification:
+    """Walk the chain from the first row; report the first row that does not fit.
+
+    The chain alone cannot show that its newest rows were deleted. `witness` is a head published
+    earlier (the digest prints one every day): its row must still be there with that hash.
+    """
     expected_seq, prev_hash, rows = 1, GENESIS, 0
     with transaction(engine, write=False) as session:
         for event in session.exec(select(AuditEvent).order_by(AuditEvent.seq)).yield_per(1000):  # type: ignore[arg-type]
@@ -176,7 +184,14 @@ def verify(engine: Engine) -> Verification:
                 return Verification(
                     False, rows, event.seq - 1, prev_hash, event.seq, "row content does not match its hash"
                 )
+            if witness is not None and event.seq == witness[0] and event.hash != witness[1]:
+                return Verification(
+                    False, rows, event.seq - 1, prev_hash, event.seq, "row differs from the published head"
+                )
             expected_seq, prev_hash = event.seq + 1, event.hash
+    if witness is not None and witness[0] >= expected_seq:
+        problem = f"rows {expected_seq}..{witness[0]} are missing: the published head is gone"
+        return Verification(False, rows, expected_seq - 1, prev_hash, expected_seq, problem)
     return Verification(True, rows, expected_seq - 1, prev_hash)
 
 

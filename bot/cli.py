@@ -236,13 +236,28 @@ def _day(text: str, settings: Settings) -> date:
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
+def audit_verify(
+    head: Annotated[
+        str | None,
+        typer.Option(
+            "--head",
+            help="A head published earlier, as the digest prints it (e.g. '#1234 9f2c…'): it must still be"
+            " in the chain, so deleting the newest rows is caught too.",
+        ),
+    ] = None,
+) -> None:
     """Check the hash chain; exit 1 naming the first bad row."""
     from bot import audit
     from storage.db import create_db_engine
 
+    witness = None
+    if head is not None:
+        seq, _, digest_hash = head.strip().lstrip("#").replace(":", " ").partition(" ")
+        if not seq.isdigit() or len(digest_hash.strip()) != 64:
+            fail(f"--head wants a sequence number and a 64-character hash, like the digest's: {head!r}", 2)
+        witness = (int(seq), digest_hash.strip())
     url = os.environ.get("COUNTERSIGN_DATABASE_URL", "sqlite:///countersign.db")
-    result = audit.verify(create_db_engine(url))
+    result = audit.verify(create_db_engine(url), witness=witness)
     if not result.ok:
         fail(f"audit chain broken at row {result.bad_seq}: {result.problem}", 1)
     typer.echo(f"audit chain ok: {result.rows} rows, head {result.head_seq} {result.head_hash}")

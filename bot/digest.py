@@ -26,6 +26,7 @@ from storage.db import transaction
 from storage.tables import Agent, AuditEvent, Decision, Draft, ScheduleClaim
 
 LATE_AFTER = timedelta(hours=1)
+CATCH_UP_DAYS = 7  # a day whose digest no replica posted (all down over its due time) is posted late
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Digest:
     day: date
     lines: dict[tuple[str, str], Line]
     caps: list[str]
-    auto_pauses: list[str]
+    pauses: list[str]  # every pause and resume of the day: by people and automatic
     manual_periods: list[str]
     pending: int
     oldest_pending: datetime | None
@@ -96,9 +97,9 @@ class Digest:
                 out.append(f"time to decision: median {_dur(median)}, p90 {_dur(p90)}")
         out.append("\n*Caps*")
         out.extend(self.caps or ["no caps configured"])
-        if self.auto_pauses:
-            out.append("*Auto-pauses*")
-            out.extend(self.auto_pauses)
+        if self.pauses:
+            out.append("*Pauses*")
+            out.extend(self.pauses)
         if self.manual_periods:
             out.append("*Manual periods*")
             out.extend(self.manual_periods)
@@ -178,7 +179,7 @@ def build(rt: Runtime, day: date, *, until: datetime | None = None) -> Digest:
         day=day,
         lines=dict(lines),
         caps=cap_lines,
-        auto_pauses=pauses,
+        pauses=pauses,
         manual_periods=periods,
         pending=int(pending),
         oldest_pending=oldest,
@@ -212,19 +213,26 @@ def _control_events(session: Session, start: datetime, end: datetime) -> tuple[l
     events = session.exec(
         select(AuditEvent)
         .where(col(AuditEvent.at) >= start, col(AuditEvent.at) < end)
-        .where(col(AuditEvent.action).in_(["agent.paused", "category.manual", "category.review"]))
+        .where(
+            col(AuditEvent.action).in_(
+                ["agent.paused", "agent.resumed", "category.manual", "category.review"]
+            )
+        )
         .order_by(col(AuditEvent.seq))
     ).all()
     pauses, periods = [], []
     for event in events:
         after = json.loads(event.after) or {}
-        if event.action == "agent.paused" and event.actor == "system:breaker":
-            pauses.append(
-                f"{event.subject.removeprefix('agent:')} at {event.at:%H:%M} UTC: {after.get('reason')}"
-            )
+        agent = event.subject.removeprefix("agent:")
+        if event.action == "agent.paused":
+            who = "automatically" if event.actor.startswith("system:") else f"by {_person(event.actor)}"
+            reason = escape_cut(str(after.get("reason") or "no reason given"), 200)
+            pauses.append(f"{agent} paused at {event.at:%H:%M} UTC {who}: {reason}")
+        elif event.action == "agent.resumed":
+            pauses.append(f"{agent} resumed at {event.at:%H:%M} UTC by {_person(event.actor)}")
         elif event.action == "category.manual":
             periods.append(
-                f"{event.subject.removeprefix('category:')} manual from {event.at:%H:%M} UTC by {event.actor}"
+                f"{event.subject.removeprefix('category:')} manual from {event.at:%H:%M} UTC by {_person(event.actor)}"
             )
         elif event.action == "category.review":
             periods.append(
@@ -264,6 +272,32 @@ def claim_due(rt: Runtime, *, worker: str) -> tuple[date, bool] | None:
         return None
     day = local.date() - timedelta(days=1)
     late = local > due_at + LATE_AFTER
+    return (day, late) if _claim(rt, day, late=late, worker=worker, now=now) else None
+
+
+def claim_missed(rt: Runtime, *, worker: str) -> list[date]:
+    """Claim, to post late, the digests of the CATCH_UP_DAYS before yesterday that no replica
+    posted (every one was down over that day's due time). Only days that ended after Countersign's
+    first recorded event: a new installation does not post a week of empty digests."""
+    if rt.config.digest_channel is None:
+        return []
+    now = rt.clock()
+    zone = rt.config.timezone
+    yesterday = now.astimezone(zone).date() - timedelta(days=1)
+    window = [yesterday - timedelta(days=back) for back in range(CATCH_UP_DAYS, 0, -1)]
+    with transaction(rt.engine, write=False) as session:
+        claimed = set(sent_days(session))
+        first = session.execute(sa.select(col(AuditEvent.at)).order_by(col(AuditEvent.seq)).limit(1)).scalar()
+    if first is None:
+        return []
+    missed = [
+        day for day in window if claim_name(day) not in claimed and policy.day_bounds(day, zone)[1] > first
+    ]
+    return [day for day in missed if _claim(rt, day, late=True, worker=worker, now=now)]
+
+
+def _claim(rt: Runtime, day: date, *, late: bool, worker: str, now: datetime) -> bool:
+    """Claim `day`'s digest and enqueue its post; False when another replica has it."""
     try:
         with transaction(rt.engine) as session:
             session.add(ScheduleClaim(name=claim_name(day), claimed_by=worker, claimed_at=now, late=late))
@@ -272,9 +306,9 @@ def claim_due(rt: Runtime, *, worker: str) -> tuple[date, bool] | None:
                 session, "slack.digest", {"day": day.isoformat(), "late": late}, now=now, max_attempts=1000
             )
     except IntegrityError:
-        return None
+        return False
     rt.wake_outbox()
-    return day, late
+    return True
 
 
 def sent_days(session: Session) -> list[str]:
@@ -284,3 +318,8 @@ def sent_days(session: Session) -> list[str]:
             select(ScheduleClaim).where(col(ScheduleClaim.name).startswith("digest:"))
         ).all()
     ]
+
+
+def _person(actor: str) -> str:
+    """An audit actor as the digest names it: a Slack user as a mention, anything else as is."""
+    return f"<@{actor.removeprefix('slack:')}>" if actor.startswith("slack:U") else actor

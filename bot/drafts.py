@@ -110,7 +110,7 @@ def record_change(
 
 def cancel(rt: Runtime, *, agent: Agent, draft_id: str) -> dict[str, Any]:
     """Withdraw a pending draft."""
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, audited=True) as session:
         draft = own_draft(session, agent, draft_id)
         now = rt.clock()
         if not queries.transition(session, draft.id, from_=("pending",), to="cancelled", updated_at=now):
@@ -133,7 +133,7 @@ def cancel(rt: Runtime, *, agent: Agent, draft_id: str) -> dict[str, Any]:
 
 def report_done(rt: Runtime, *, agent: Agent, draft_id: str, done: DoneIn) -> dict[str, Any]:
     """The agent carried out an approved action of a category without an executor."""
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, audited=True) as session:
         draft = own_draft(session, agent, draft_id)
         category = rt.config.categories.get(draft.category)
         if category is not None and category.executor is not None:

@@ -14,7 +14,7 @@ from storage.tables import Decision, Draft
 def act(rt: Runtime, *, draft_id: str, user: str, action: str) -> Outcome:
     """`claim` marks who handles a manual item; `handled` closes it."""
     now = rt.clock()
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, audited=True) as session:
         draft = session.get(Draft, draft_id)
         if draft is None or draft.status != "manual":
             raise DecisionRefused("This item is no longer in the manual queue.")

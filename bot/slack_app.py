@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
@@ -28,6 +30,34 @@ VERIFIER: web.AppKey[SignatureVerifier] = web.AppKey("slack_verifier", Signature
 MAX_TIMESTAMP_DIGITS = 15  # far more than a fresh timestamp has; longer ones cannot be fresh
 
 
+@dataclass
+class DenialLog:
+    """Refused Slack requests are audited, but a flood of forged ones must not fill the audit log
+    or keep its lock from real decisions: at most `per_minute` rows a minute in this process; the
+    refusals left out are counted into the next row written."""
+
+    per_minute: int = 30
+    clock: Callable[[], float] = time.monotonic
+    _window: float = field(default=float("-inf"))
+    _written: int = 0
+    _left_out: int = 0
+
+    def admit(self) -> int | None:
+        """None: leave this refusal out. Else write it, with this many left out before it."""
+        now = self.clock()
+        if now - self._window >= 60:
+            self._window, self._written = now, 0
+        if self._written >= self.per_minute:
+            self._left_out += 1
+            return None
+        self._written += 1
+        left_out, self._left_out = self._left_out, 0
+        return left_out
+
+
+DENIALS: web.AppKey[DenialLog] = web.AppKey("slack_denials", DenialLog)
+
+
 def build(
     settings: Settings, rt: Runtime, client: AsyncWebClient, metrics: Metrics | None = None
 ) -> AsyncApp:
@@ -50,15 +80,18 @@ def build(
     return app
 
 
-def _deny(rt: Runtime, request: web.Request, why: str) -> None:
-    with transaction(rt.engine) as session:
+def _deny(rt: Runtime, request: web.Request, why: str, left_out: int) -> None:
+    after: dict[str, object] = {"why": why}
+    if left_out:
+        after["refusals_not_logged_before"] = left_out
+    with transaction(rt.engine, audited=True) as session:
         audit.append(
             session,
             at=rt.clock(),
             actor=f"remote:{request.remote}",
             action="slack.auth_denied",
             subject="/slack/events",
-            after={"why": why},
+            after=after,
             outcome="denied",
         )
 
@@ -101,12 +134,14 @@ def check_signature(headers: Mapping[str, str], body: bytes, *, secret: str, now
 
 
 async def slack_events(request: web.Request) -> web.Response:
-    """Only correctly signed, fresh requests reach Bolt; every refusal is audited."""
+    """Only correctly signed, fresh requests reach Bolt; refusals are audited (DenialLog)."""
     raw = await request.read()
     verifier: SignatureVerifier = request.app[VERIFIER]
     why = check_signature(request.headers, raw, secret=verifier.signing_secret, now=verifier.clock.now())
     if why is not None:
-        await asyncio.to_thread(_deny, request.app[RUNTIME], request, why)
+        left_out = request.app[DENIALS].admit()
+        if left_out is not None:
+            await asyncio.to_thread(_deny, request.app[RUNTIME], request, why, left_out)
         return web.json_response({"error": "invalid request"}, status=401)
     app = request.app[SLACK_APP]
     bolt_response = await app.async_dispatch(await to_bolt_request(request))

@@ -93,7 +93,7 @@ def check_heartbeats(rt: Runtime) -> int:
     """Mark agents offline whose heartbeat is overdue; announce each once."""
     now = rt.clock()
     marked = 0
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, audited=True) as session:
         for agent in session.exec(
             select(Agent).where(col(Agent.offline).is_(False), col(Agent.categories) != "")
         ).all():

@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
 BREAKER_THRESHOLD = 5  # consecutive executor failures before its category goes to manual mode
-RETRYABLE_STATUS = frozenset({408, 425, 429})
+# 409 too: an executor that deduplicates on Idempotency-Key answers it while an earlier request
+# with the same key is still being processed (Stripe does); the answer to wait for comes later.
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -145,7 +147,8 @@ class WebhookJobs:
             await asyncio.to_thread(self._note, draft_id, f"HTTP {status}: {text}", ambiguous=False)
             raise RetryLater(f"executor answered {status}", retry_after=wait)
         else:
-            # 3xx (redirects are not followed) and other 4xx: the executor refused; retrying cannot help.
+            # 3xx (redirects are not followed) and other 4xx: the executor refused; retrying cannot
+            # help. After an attempt whose answer never came, _finish records the outcome as unknown.
             await asyncio.to_thread(self._finish, draft_id, ok=False, error=f"HTTP {status}: {text}")
 
     def _begin(self, draft_id: str) -> Attempt | None:
@@ -184,7 +187,7 @@ class WebhookJobs:
             return Attempt(draft.id, category.executor, json.dumps(body, sort_keys=True).encode())
 
     def _note(self, draft_id: str, error: str, *, ambiguous: bool) -> None:
-        with transaction(self.rt.engine) as session:
+        with transaction(self.rt.engine, audited=True) as session:  # the breaker may trip
             values: dict[str, Any] = {"execution_last_error": error[:500], "updated_at": self.rt.clock()}
             if ambiguous:
                 values["execution_ambiguous"] = True
@@ -231,13 +234,17 @@ class WebhookJobs:
             now=now,
         )
 
-    def _finish(self, draft_id: str, *, ok: bool, error: str | None, unknown: bool = False) -> None:
+    def _finish(self, draft_id: str, *, ok: bool, error: str | None) -> None:
+        """Record the execution's end. A refusal that follows an attempt whose answer never came
+        says nothing about that attempt (it may have taken effect): the outcome is unknown, the
+        draft needs reconciliation and its cap reservation stays."""
         now = self.rt.clock()
-        to = "executed" if ok else ("needs_reconciliation" if unknown else "failed")
-        with transaction(self.rt.engine) as session:
+        with transaction(self.rt.engine, audited=True) as session:
             draft = session.get(Draft, draft_id)
             if draft is None:
                 return
+            unknown = not ok and draft.execution_ambiguous
+            to = "executed" if ok else ("needs_reconciliation" if unknown else "failed")
             moved = queries.transition(
                 session,
                 draft_id,
@@ -285,15 +292,10 @@ class WebhookJobs:
     async def execute_gave_up(self, job: OutboxJob, error: str) -> None:
         draft_id = json.loads(job.payload)["draft_id"]
 
-        def decide() -> None:
-            with transaction(self.rt.engine, write=False) as session:
-                draft = session.get(Draft, draft_id)
-                unknown = bool(draft and draft.execution_ambiguous)
-            self._finish(
-                draft_id, ok=False, error=f"gave up after {job.attempts} attempts: {error}", unknown=unknown
-            )
-
-        await asyncio.to_thread(decide)
+        # Failed, or unknown when an attempt's answer never came (_finish tells them apart).
+        await asyncio.to_thread(
+            self._finish, draft_id, ok=False, error=f"gave up after {job.attempts} attempts: {error}"
+        )
 
     async def callback(self, job: OutboxJob) -> None:
         """Tell the agent its draft changed; a failing callback is retried but never blocks the draft."""

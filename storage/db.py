@@ -71,11 +71,20 @@ _sqlite_writers: dict[int, threading.RLock] = {}
 
 
 @contextmanager
-def transaction(engine: Engine, *, write: bool = True) -> Iterator[Session]:
+def transaction(engine: Engine, *, write: bool = True, audited: bool = False) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any exception.
 
-    `write=False` is for reads: on SQLite they do not queue behind writers.
+    `write=False` is for reads: on SQLite they do not queue behind writers. `audited=True` is for
+    every transaction that appends to the audit log: it takes the audit chain's lock first, before
+    any row is written (the one lock order that cannot deadlock on PostgreSQL).
     """
+    if audited:
+        from storage.rawsql import lock_audit_chain
+
+        with transaction(engine) as session:
+            lock_audit_chain(session)
+            yield session
+        return
     if not write:
         reader = engine.execution_options(**{READ_ONLY: True})
         with Session(reader, expire_on_commit=False) as session, session.begin():

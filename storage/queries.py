@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
@@ -156,12 +157,17 @@ def get_controls(session: Session, keys: Sequence[str]) -> dict[str, dict[str, A
 
 
 def set_control(session: Session, key: str, value: dict[str, Any] | None, *, by: str, at: datetime) -> None:
-    """Write (or with None, delete) one control switch."""
-    session.execute(sa.delete(control_t).where(control_t.c.key == key))
-    if value is not None:
-        session.execute(
-            sa.insert(control_t).values(key=key, value=json.dumps(value), updated_by=by, updated_at=at)
-        )
+    """Write (or with None, delete) one control switch: one upsert, so two writers of the same
+    switch at once never collide on its primary key."""
+    if value is None:
+        session.execute(sa.delete(control_t).where(control_t.c.key == key))
+        return
+    dialect = session.get_bind().dialect.name
+    upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(control_t)
+    fields = {"value": json.dumps(value), "updated_by": by, "updated_at": at}
+    session.execute(
+        upsert.values(key=key, **fields).on_conflict_do_update(index_elements=[control_t.c.key], set_=fields)
+    )
 
 
 def enqueue(

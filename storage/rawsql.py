@@ -140,9 +140,17 @@ def _names(columns: tuple[str, ...]) -> str:
 AUDIT_CHAIN_LOCK = 7320190  # the PostgreSQL advisory lock key of the audit chain
 
 
+AUDIT_LOCKED = "countersign.audit_chain_locked"  # session.info key: this transaction holds the lock
+
+
 def lock_audit_chain(session: Session) -> None:
     """Serialize audit appends until the transaction ends. SQLite already holds the write lock
-    (BEGIN IMMEDIATE)."""
+    (BEGIN IMMEDIATE). Take it before the transaction writes any row (transaction(audited=True)):
+    a transaction that holds row locks and then waits here can deadlock with one that holds this
+    lock and waits for those rows."""
+    if session.info.get(AUDIT_LOCKED):
+        return
     db = RawCursor.of(session)
     if db.postgresql:
         db.run(f"SELECT pg_advisory_xact_lock({AUDIT_CHAIN_LOCK})")
+    session.info[AUDIT_LOCKED] = True

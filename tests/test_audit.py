@@ -37,7 +37,7 @@ def engine(db_url: str) -> Iterator[Engine]:
 
 def append_events(engine: Engine, count: int, *, start: datetime = START, actor: str = "U0ALICE") -> None:
     for i in range(count):
-        with transaction(engine) as session:
+        with transaction(engine, audited=True) as session:
             audit.append(
                 session,
                 at=start + timedelta(minutes=i),
@@ -87,7 +87,7 @@ def test_verify_passes_when_the_log_is_empty(engine: Engine) -> None:
 
 def test_append_leaves_no_row_when_the_callers_transaction_rolls_back(engine: Engine) -> None:
     append_events(engine, 2)
-    with pytest.raises(RuntimeError), transaction(engine) as session:
+    with pytest.raises(RuntimeError), transaction(engine, audited=True) as session:
         audit.append(session, at=START, actor="U0BOB", action="draft.rejected", subject="d_x")
         raise RuntimeError("the state change failed")
     append_events(engine, 1, actor="U0CAROL")
@@ -143,6 +143,20 @@ def test_verify_names_the_gap_when_a_row_was_deleted(engine: Engine, seq: int) -
     assert result.problem == f"row {seq} is missing"
 
 
+def test_a_published_head_catches_the_newest_rows_deleted(engine: Engine) -> None:
+    append_events(engine, 5)
+    published = audit.verify(engine)  # the digest prints this head
+    witness = (published.head_seq, published.head_hash)
+    assert audit.verify(engine, witness=witness).ok
+    append_events(engine, 1, actor="U0CAROL")  # later rows are fine
+    assert audit.verify(engine, witness=witness).ok
+    tamper(engine, sa.delete(audit_t).where(audit_t.c.seq >= 4))
+    assert audit.verify(engine).ok  # the chain alone cannot tell
+    result = audit.verify(engine, witness=witness)
+    assert not result.ok and result.problem == "rows 4..5 are missing: the published head is gone"
+    assert not audit.verify(engine, witness=(3, "0" * 64)).ok  # a head that never was
+
+
 def test_verify_catches_a_deleted_row_whose_successors_were_renumbered(engine: Engine) -> None:
     append_events(engine, 5)
     tamper(engine, sa.delete(audit_t).where(audit_t.c.seq == 3))
@@ -182,7 +196,7 @@ def _append_from_another_process(url: str, actor: str, count: int, barrier: Any)
     engine = create_db_engine(url, pool_size=1)
     barrier.wait(timeout=60)
     for i in range(count):
-        with transaction(engine) as session:
+        with transaction(engine, audited=True) as session:
             audit.append(
                 session,
                 at=datetime.now(UTC),
@@ -288,3 +302,10 @@ def test_export_exits_2_when_an_option_is_invalid(tmp_path: Path, args: list[str
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.strip()
+
+
+def test_an_append_outside_an_audited_transaction_is_refused(engine: Engine) -> None:
+    # Taking the chain lock after rows are written can deadlock on PostgreSQL, so it is taken first.
+    with pytest.raises(RuntimeError, match="audited=True"), transaction(engine) as session:
+        audit.append(session, at=START, actor="U0BOB", action="draft.rejected", subject="d_x")
+    assert rows(engine) == []

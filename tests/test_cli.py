@@ -300,3 +300,19 @@ def test_audit_verify_exits_0_on_a_good_chain_and_1_naming_the_row_after_tamperi
     assert bad.returncode == 1
     assert "audit chain broken at row 2" in bad.stderr
     assert bad.stdout == ""
+
+
+def test_audit_verify_with_the_digests_head_catches_deleted_newest_rows(
+    env: dict[str, str], runtime: Runtime
+) -> None:
+    register(runtime, "support-bot")
+    register(runtime, "triage-bot")
+    seq, digest_hash = run(env, "audit", "verify").stdout.split()[-2:]
+    published = f"#{seq} {digest_hash}"  # as the digest prints it
+    assert run(env, "audit", "verify", "--head", published).returncode == 0
+    with runtime.engine.begin() as conn:
+        conn.execute(sa.text(f"DELETE FROM audit_event WHERE seq = {seq}"))
+    assert run(env, "audit", "verify").returncode == 0  # the chain alone cannot tell
+    cut = run(env, "audit", "verify", "--head", published)
+    assert cut.returncode == 1 and "the published head is gone" in cut.stderr
+    assert run(env, "audit", "verify", "--head", "#2 short").returncode == 2

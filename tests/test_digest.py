@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
@@ -111,6 +112,51 @@ def test_digest_is_claimed_once_per_day_and_marked_late_when_overdue(rt: Runtime
     assert digest.claim_due(rt, worker="b") is None
     clock.now = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)  # down over 09:00: sent on start, late
     assert digest.claim_due(rt, worker="b") == (date(2026, 11, 24), True)
+
+
+def test_the_digest_lists_every_pause_and_counts_failures_and_unknown_outcomes(
+    rt: Runtime, clock: FrozenClock
+) -> None:
+    from bot.control import Control
+
+    script_day(rt, clock)
+    control = Control(rt=rt, directory=None)  # type: ignore[arg-type]  (pause and resume read no directory)
+    control.pause("U0ALICE", ["support-bot", "refunds", "look", "<!channel>", "wrong"])
+    clock.advance(minutes=5)
+    control.resume("U0ADMIN", ["support-bot"])
+    with rt.engine.begin() as conn:  # two of the day's approvals ended badly at the executor
+        ids = [
+            row[0]
+            for row in conn.exec_driver_sql("SELECT id FROM draft WHERE status = 'approved' ORDER BY id")
+        ]
+        conn.exec_driver_sql(f"UPDATE draft SET status = 'failed' WHERE id = '{ids[0]}'")
+        conn.exec_driver_sql(f"UPDATE draft SET status = 'needs_reconciliation' WHERE id = '{ids[1]}'")
+    built = digest.build(rt, date(2026, 11, 24))
+    line = built.lines[("support-bot", "refund")]
+    assert (line.failed, line.needs_reconciliation) == (1, 1)
+    text = built.text()
+    assert "support-bot paused at 16:00 UTC by <@U0ALICE>: refunds look &lt;!channel&gt; wrong" in text
+    assert "support-bot resumed at 16:05 UTC by <@U0ADMIN>" in text
+    assert "<!channel>" not in text
+
+
+def test_a_digest_no_replica_posted_is_posted_late_but_a_new_install_posts_no_backlog(
+    rt: Runtime, clock: FrozenClock
+) -> None:
+    clock.now = datetime(2026, 11, 20, 14, 0, tzinfo=UTC)
+    assert digest.claim_missed(rt, worker="a") == []  # nothing recorded yet: a new installation
+    agents.add(rt, name="support-bot", categories=["refund"], callback_prefixes=[])  # first event, the 20th
+    clock.now = datetime(2026, 11, 22, 14, 0, tzinfo=UTC)
+    assert digest.claim_due(rt, worker="a") == (date(2026, 11, 21), False)
+    # Nothing ran on the 21st (the 20th's digest was due) nor from the 23rd to the 25th.
+    clock.now = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
+    assert digest.claim_due(rt, worker="a") == (date(2026, 11, 24), True)
+    assert digest.claim_missed(rt, worker="a") == [date(2026, 11, 20), date(2026, 11, 22), date(2026, 11, 23)]
+    assert digest.claim_missed(rt, worker="b") == []
+    with rt.engine.connect() as conn:
+        jobs = conn.exec_driver_sql("SELECT payload FROM outbox_job WHERE kind = 'slack.digest'").all()
+    days = sorted(json.loads(row[0])["day"] for row in jobs)
+    assert days == ["2026-11-20", "2026-11-21", "2026-11-22", "2026-11-23", "2026-11-24"]
 
 
 def test_trend_chart_is_a_valid_png() -> None:

@@ -81,3 +81,27 @@ async def test_a_success_resets_the_failure_count(h: Harness) -> None:
         await h.status(created["id"], "executed" if n == 4 else "failed")
     assert not any("in a row" in a for a in h.alerts())
     assert (await h.submit(summary="still review"))["status"] == "pending"
+
+
+@pytest.mark.parametrize("answer", [400, 422])
+async def test_a_refusal_after_an_unanswered_attempt_leaves_the_outcome_unknown(
+    h: Harness, answer: int
+) -> None:
+    # The first request reached the executor (its effect happened), then the connection dropped;
+    # the retry is refused. That refusal says nothing about the first attempt: not "failed".
+    h.executor.script("reset", answer)
+    created = await h.submit()
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    view = await h.status(created["id"], "needs_reconciliation")
+    assert len(h.executor.effects) == 1 and len(h.executor.requests) == 2
+    assert view["execution"]["status"] == "needs_reconciliation"
+    me = await (await h.client.get("/v1/agents/me", headers=h.auth())).json()
+    assert me["categories"]["refund"]["amount_used"] == "30.00"  # the reservation stays
+
+
+async def test_409_while_the_same_key_is_in_flight_is_waited_out(h: Harness) -> None:
+    h.executor.script("reset", 409)
+    created = await h.submit()
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    await h.status(created["id"], "executed")
+    assert len(h.executor.effects) == 1 and len(h.executor.requests) == 3

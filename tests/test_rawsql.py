@@ -61,7 +61,7 @@ def test_rows_written_by_the_driver_read_back_through_the_orm(rt: Runtime, clock
 
 
 def test_driver_errors_surface_as_sqlalchemy_errors(rt: Runtime, clock: FrozenClock) -> None:
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, audited=True) as session:
         audit.append(session, at=clock(), actor="test", action="probe", subject="s")
     with pytest.raises(IntegrityError), transaction(rt.engine) as session:
         db = RawCursor.of(session)
@@ -116,7 +116,7 @@ def test_a_batch_of_rows_reads_back_exactly(rt: Runtime, clock: FrozenClock) -> 
 
 def test_a_batch_that_breaks_a_constraint_changes_nothing(rt: Runtime, clock: FrozenClock) -> None:
     events = [audit.Event(at=clock(), actor="test", action="probe", subject=f"s{i}") for i in range(3)]
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, audited=True) as session:
         audit.append_many(session, events)
     columns = ("seq", "at", "actor", "action", "subject", "before", "after", "outcome", "prev_hash", "hash")
     with pytest.raises(IntegrityError), transaction(rt.engine) as session:

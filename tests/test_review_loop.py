@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from standardwebhooks import Webhook
 
+from bot.slack_app import DenialLog
 from handlers import ids
 from storage.tables import AuditEvent, Draft
 from tests.conftest import EXECUTOR_SECRET, SIGNING_SECRET
@@ -286,6 +287,33 @@ async def test_forged_or_stale_slack_requests_get_401_and_change_nothing(h: Harn
     assert response.status == 401
     assert (await h.draft(created["id"]))["status"] == "pending"
     assert h.executor.requests == []
+    with h.rt.engine.connect() as conn:
+        denied = conn.exec_driver_sql(
+            "SELECT actor, outcome FROM audit_event WHERE action = 'slack.auth_denied'"
+        ).all()
+    assert [(actor.startswith("remote:"), outcome) for actor, outcome in denied] == [(True, "denied")]
+
+
+async def test_a_flood_of_forged_requests_is_refused_without_filling_the_audit_log(h: Harness) -> None:
+    body, headers = signing.block_action(
+        SIGNING_SECRET, user_id="U0ALICE", action_id=ids.APPROVE, value="d_x:1"
+    )
+    headers["X-Slack-Signature"] = "v0=" + "0" * 64
+    for _ in range(100):
+        assert (await h.client.post("/slack/events", data=body, headers=headers)).status == 401
+    with h.rt.engine.connect() as conn:
+        denied = conn.exec_driver_sql(
+            "SELECT count(*) FROM audit_event WHERE action = 'slack.auth_denied'"
+        ).scalar()
+    assert denied == 30  # DenialLog.per_minute; the other 70 are counted into the next row written
+
+
+def test_the_denial_log_counts_what_it_leaves_out_into_the_next_row() -> None:
+    now = [0.0]
+    log = DenialLog(per_minute=2, clock=lambda: now[0])
+    assert [log.admit() for _ in range(5)] == [0, 0, None, None, None]
+    now[0] = 60.0
+    assert [log.admit(), log.admit(), log.admit()] == [3, 0, None]
 
 
 async def test_replayed_body_with_its_old_signature_is_refused(h: Harness) -> None:

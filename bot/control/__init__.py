@@ -116,7 +116,7 @@ class Control(Switches, Overview):
         return f"Unknown command `{verb[:30]}`.\n\n{HELP}"
 
     def _audit_denied(self, user: str, verb: str, why: str) -> None:
-        with transaction(self.rt.engine) as session:
+        with transaction(self.rt.engine, audited=True) as session:
             audit.append(
                 session,
                 at=self.rt.clock(),

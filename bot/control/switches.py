@@ -62,7 +62,7 @@ class Switches:
             raise Refused("Say which agent: `/agent pause <agent|all> [reason]`.")
         target, reason = args[0], " ".join(args[1:]) or "no reason given"
         now = self.rt.clock()
-        with transaction(self.rt.engine) as session:
+        with transaction(self.rt.engine, audited=True) as session:
             if target == "all":
                 queries.set_control(
                     session,
@@ -95,7 +95,7 @@ class Switches:
             raise Refused("Say which agent: `/agent resume <agent|all>`.")
         target = args[0]
         now = self.rt.clock()
-        with transaction(self.rt.engine) as session:
+        with transaction(self.rt.engine, audited=True) as session:
             if target == "all":
                 # Everything that stops an agent: the pause of all, and each agent's own (by hand
                 # or automatic), each resumed and audited by name.
@@ -140,7 +140,7 @@ class Switches:
                 raise Refused(str(exc)) from None
             except OverflowError:
                 raise Refused(f"Duration too long: `{args[1][:40]}`.") from None
-        with transaction(self.rt.engine) as session:
+        with transaction(self.rt.engine, audited=True) as session:
             value = {"mode": "manual", "by": user, "until": until.isoformat() if until else None}
             queries.set_control(session, f"mode:{category}", value, by=user, at=now)
             audit.append(
@@ -162,7 +162,7 @@ class Switches:
     def review(self, user: str, args: list[str]) -> str:
         category = self._category(args, "/agent review <category>")
         now = self.rt.clock()
-        with transaction(self.rt.engine) as session:
+        with transaction(self.rt.engine, audited=True) as session:
             queries.set_control(session, f"mode:{category}", None, by=user, at=now)
             audit.append(
                 session,
@@ -182,7 +182,7 @@ class Switches:
         """End time-boxed manual modes whose deadline passed; announce each once."""
         now = self.rt.clock()
         reverted = 0
-        with transaction(self.rt.engine) as session:
+        with transaction(self.rt.engine, audited=True) as session:
             for name in self.rt.config.categories:
                 mode = queries.get_control(session, f"mode:{name}")
                 if mode and mode.get("until") and not policy.is_manual(mode, now):
@@ -227,7 +227,7 @@ class Switches:
             raise Refused("Give count=N and/or amount=X.")
         now = self.rt.clock()
         day = policy.cap_day(now, self.rt.config.timezone)
-        with transaction(self.rt.engine) as session:
+        with transaction(self.rt.engine, audited=True) as session:
             before = queries.get_control(session, f"cap:{category_name}") or {}
             # An override is for today only; yesterday's is dropped, not carried over.
             after = (before if before.get("day") == day else {}) | change | {"day": day}

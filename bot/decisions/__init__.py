@@ -28,7 +28,6 @@ from bot.errors import DecisionRefused
 from bot.runtime import Runtime
 from storage import queries
 from storage.db import transaction
-from storage.rawsql import lock_audit_chain
 from storage.tables import Agent, Decision, Draft
 
 __all__ = ["Outcome", "agent_of", "approve", "edit_diff", "expire_due", "reject", "retry"]
@@ -49,7 +48,7 @@ def reject(
     if not reason:
         raise DecisionRefused("A reason is required.")
     try:
-        with transaction(rt.engine) as session:
+        with transaction(rt.engine, audited=True) as session:
             now = rt.clock()
             draft = load_draft(session, draft_id, version)
             refusal = policy.refusal_to_decide(reviewer, reviewers=reviewers, requested_by=None)
@@ -100,8 +99,8 @@ def retry(
 ) -> Outcome:
     """Send a failed or unreconciled action to the executor again, with the same idempotency key."""
     try:
-        with transaction(rt.engine) as session:
-            lock_audit_chain(session)  # as in approve: see a pause that commits meanwhile
+        # Audited first, as in approve: a pause that commits meanwhile is seen.
+        with transaction(rt.engine, audited=True) as session:
             now = rt.clock()
             draft = load_draft(session, draft_id, version)
             refusal = policy.refusal_to_decide(reviewer, reviewers=reviewers, requested_by=draft.requested_by)
@@ -165,7 +164,7 @@ def expire_due(rt: Runtime) -> int:
     """Expire every pending draft past its deadline; nothing is ever approved by timeout."""
     now = rt.clock()
     expired = 0
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, audited=True) as session:
         due = session.exec(
             select(Draft).where(Draft.status == "pending", Draft.expires_at <= now).limit(200)
         ).all()

@@ -28,7 +28,6 @@ from bot.runtime import Runtime
 from bot.settings import Category, currency_exponent
 from storage import queries
 from storage.db import transaction
-from storage.rawsql import lock_audit_chain
 from storage.tables import Agent, Decision, Draft
 
 
@@ -45,7 +44,10 @@ def approve(
 ) -> Outcome:
     """Approve (or edit and approve) a pending draft for `user`; raises DecisionRefused."""
     try:
-        with transaction(rt.engine) as session:
+        # The audit chain's lock comes first: every other audited change (a pause, manual mode, a
+        # cap change) is serialized with this one before the control state is read, so on
+        # PostgreSQL a pause committing meanwhile cannot go unseen and this approval commit after it.
+        with transaction(rt.engine, audited=True) as session:
             outcome = _approve_in(
                 session, rt, draft_id, version, user, reviewers, reviewer, edited_body, edited_amount
             )
@@ -71,10 +73,6 @@ def _approve_in(
     edited_body: str | None,
     edited_amount: Decimal | None,
 ) -> Outcome:
-    # Serialize with every other audited change (a pause, manual mode, a cap change) before reading
-    # the control state: on PostgreSQL a pause committing meanwhile would otherwise go unseen and
-    # this approval commit after it. (SQLite's BEGIN IMMEDIATE already serializes.)
-    lock_audit_chain(session)
     now = rt.clock()
     draft = load_draft(session, draft_id, version)
     refusal = policy.refusal_to_decide(reviewer, reviewers=reviewers, requested_by=draft.requested_by)

@@ -36,7 +36,7 @@ class Denied(Exception):
 
 def refuse_audited(rt: Runtime, *, user: str, action: str, subject: str, why: str) -> DecisionRefused:
     now = rt.clock()
-    with transaction(rt.engine) as session:
+    with transaction(rt.engine, audited=True) as session:
         audit.append(
             session,
             at=now,

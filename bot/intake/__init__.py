@@ -56,7 +56,7 @@ def write_batch(rt: Runtime, items: list[Prepared]) -> list[Result | Countersign
     """Store submissions in one transaction; one answer (or error) per item, in order."""
     for attempt in range(3):
         try:
-            with transaction(rt.engine) as session:
+            with transaction(rt.engine, audited=True) as session:
                 results = store_batch(session, rt, items)
             crashpoints.reached("after_draft_commit")
             rt.wake_outbox()

@@ -1,0 +1,130 @@
+"""Audited changes take the audit chain's lock before they write any row (storage/db.py,
+`transaction(audited=True)`), so two processes deciding the same drafts at once never deadlock:
+before, on PostgreSQL, a reject (draft row first, chain lock later) racing an approval (chain lock
+first, then the draft row) deadlocked in most trials (reliability check AC-05)."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from bot import agents, audit, decisions, intake, policy
+from bot.errors import DecisionRefused
+from bot.runtime import Runtime
+from bot.schemas import DraftIn
+from bot.settings import load_settings
+from storage.db import create_db_engine
+from tests.conftest import make_env, write_config
+
+REVIEWERS = frozenset({"U0ALICE", "U0BOB"})
+TRIALS = 25
+
+
+def _decide(env: dict[str, str], what: str, ids: list[str], barrier: Any, answers: Any) -> None:
+    settings = load_settings(env)
+    rt = Runtime(engine=create_db_engine(settings.database_url), config=settings.config)
+    out = []
+    for draft_id in ids:
+        barrier.wait()  # both processes decide this draft at the same moment
+        try:
+            if what == "approve":
+                decisions.approve(
+                    rt,
+                    draft_id=draft_id,
+                    version=1,
+                    user="U0ALICE",
+                    reviewers=REVIEWERS,
+                    reviewer=policy.Reviewer("U0ALICE"),
+                )
+            else:
+                decisions.reject(
+                    rt,
+                    draft_id=draft_id,
+                    version=1,
+                    user="U0BOB",
+                    reviewers=REVIEWERS,
+                    reviewer=policy.Reviewer("U0BOB"),
+                    reason="not this one",
+                )
+            out.append("won")
+        except DecisionRefused:
+            out.append("refused")
+        except Exception as exc:  # a deadlock surfaces here
+            out.append(f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+    answers.put((what, out))
+    rt.engine.dispose()
+
+
+def test_approve_and_reject_racing_from_two_processes_never_deadlock(
+    db_url: str, tmp_path: Path, rt: Runtime
+) -> None:
+    env = make_env(db_url, write_config(tmp_path))
+    agents.add(rt, name="race-bot", categories=["reply"], callback_prefixes=[])
+    agent = agents.authenticate(rt, agents.rotate(rt, name="race-bot"))
+    draft = DraftIn.model_validate({"category": "reply", "summary": "s", "body": "It ships on Monday."})
+    ids = [
+        str(intake.submit(rt, agent=agent, draft=draft, key=None, base_url="")[1]["id"])
+        for _ in range(TRIALS)
+    ]
+
+    context = multiprocessing.get_context("spawn")
+    barrier, answers = context.Barrier(2), context.Queue()
+    processes = [
+        context.Process(target=_decide, args=(env, what, ids, barrier, answers))
+        for what in ("approve", "reject")
+    ]
+    for process in processes:
+        process.start()
+    results = dict(answers.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=30)
+
+    errors = [a for a in results["approve"] + results["reject"] if a.startswith("error")]
+    assert errors == [], errors
+    with rt.engine.connect() as conn:
+        status = dict(conn.execute(sa.text("SELECT id, status FROM draft")).all())
+    for n, draft_id in enumerate(ids):
+        approved, rejected = results["approve"][n] == "won", results["reject"][n] == "won"
+        assert approved != rejected, (draft_id, results["approve"][n], results["reject"][n])
+        assert status[draft_id] == ("approved" if approved else "rejected")
+    assert audit.verify(rt.engine).ok
+
+
+def _write_switch(url: str, writer: int, barrier: Any, answers: Any) -> None:
+    from datetime import UTC, datetime
+
+    from storage import queries
+    from storage.db import transaction
+
+    engine = create_db_engine(url)
+    errors = []
+    for n in range(20):
+        barrier.wait()
+        try:
+            with transaction(engine) as session:
+                queries.set_control(
+                    session, "pause:all", {"n": n, "writer": writer}, by="t", at=datetime.now(UTC)
+                )
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+    answers.put(errors)
+    engine.dispose()
+
+
+def test_four_processes_writing_one_switch_at_once_never_collide(db_url: str, rt: Runtime) -> None:
+    # Before, a switch was written as DELETE then INSERT: two writers at once broke its primary key.
+    context = multiprocessing.get_context("spawn")
+    barrier, answers = context.Barrier(4), context.Queue()
+    processes = [context.Process(target=_write_switch, args=(db_url, n, barrier, answers)) for n in range(4)]
+    for process in processes:
+        process.start()
+    errors = [e for _ in processes for e in answers.get(timeout=120)]
+    for process in processes:
+        process.join(timeout=30)
+    assert errors == []
+    with rt.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT value FROM control_state WHERE \"key\" = 'pause:all'")).all()
+    assert len(rows) == 1 and '"n": 19' in rows[0][0]
