@@ -371,5 +371,19 @@ def mcp(
 
 
 def main() -> None:
-    """Entry point of the console script and `python -m bot`."""
-    app()
+    """Entry point of the console script and `python -m bot`.
+
+    Operational failures (the database or Slack unreachable) exit 1 with one line, not a traceback;
+    anything else is a bug and keeps its traceback.
+    """
+    from slack_sdk.errors import SlackApiError
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        app()
+    except DBAPIError as exc:
+        first = str(exc.orig or exc).strip().splitlines()[0]
+        sys.exit(f"database error: {first}")  # a message: printed to stderr, exit status 1
+    except (SlackApiError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        sys.exit(f"operational error: {first}")

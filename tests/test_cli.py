@@ -253,6 +253,14 @@ def test_serve_names_the_missing_slack_variables_even_when_the_config_file_is_mi
     assert not (tmp_path / "x.db").exists()
 
 
+def test_an_unreachable_database_is_one_line_and_exit_1_not_a_traceback(sqlite_env: dict[str, str]) -> None:
+    env = sqlite_env | {"COUNTERSIGN_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    done = run(env, "agents", "list", timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.startswith("database error: ") and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
 def test_serve_exits_2_without_starting_when_the_config_is_invalid(
     sqlite_env: dict[str, str], tmp_path: Path
 ) -> None:

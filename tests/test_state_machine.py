@@ -937,8 +937,7 @@ def test_local_day_model_matches_the_dst_calendar() -> None:
     assert date.fromisoformat(local_day(DST_END)) == date(2026, 11, 1)
 
 
-# -- Gaps the model found; each test states the rule, fails today, and passes with the proposed fix.
-# The model above follows the current behaviour at these two points (see the comments there).
+# -- Gaps the model found in an earlier session, fixed since; each test states the rule it broke.
 
 
 def _refund(rt: Runtime, amount: str) -> str:
