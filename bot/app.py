@@ -59,6 +59,7 @@ class Options:
     backoff_base: float = 1.0
     executor_attempts: int = 6
     lease_seconds: float = 60.0
+    slack_timeout: int = 10  # seconds for one Slack Web API call (tests that time out calls lower it)
     extra_tasks: list[str] = field(default_factory=list)
 
 
@@ -131,7 +132,7 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
     app.router.add_get("/readyz", readyz)
     agent_api.register(app)
 
-    client = slack.make_client(settings)
+    client = slack.make_client(settings, timeout=options.slack_timeout)
     metrics = Metrics()
     metrics.watch(rt)
     app[METRICS] = metrics

@@ -39,6 +39,11 @@ USERS: dict[str, dict[str, Any]] = {
 }
 
 
+# The Slack client's timeout in these tests; a scripted "timeout" fault holds its answer longer.
+SLACK_TIMEOUT = 3
+HELD = SLACK_TIMEOUT + 2
+
+
 class ShiftedClock:
     """Real time plus an offset the test can push forward (expiry, leases)."""
 
@@ -231,6 +236,7 @@ async def harness(
             schedule_every=0.05,
             backoff_base=0.02,
             executor_attempts=executor_attempts,
+            slack_timeout=SLACK_TIMEOUT,
         )
         app = create_app(settings, options)
         rt = app[RUNTIME]

@@ -12,7 +12,7 @@ from bot import agents, decisions, digest, intake, policy
 from bot.runtime import Runtime
 from bot.schemas import DraftIn
 from tests.conftest import FrozenClock, make_env, write_config
-from tests.harness import eventually, harness
+from tests.harness import HELD, eventually, harness
 
 ALICE = policy.Reviewer("U0ALICE")
 BOB = policy.Reviewer("U0BOB")
@@ -219,8 +219,8 @@ async def test_a_retried_digest_job_posts_only_what_slack_does_not_show_yet(
     """Slack takes the text but the answer is lost (attempt 1), then takes the chart and the answer
     is lost again (attempt 2): the third attempt finds both in the channel and posts nothing."""
     async with harness(db_url, tmp_path, digest_due=True) as h:
-        h.slack.fail("chat.postMessage", status="timeout", times=1, delay=12, channel="C0AUDIT")
-        h.slack.fail("files.completeUploadExternal", status="timeout", times=1, delay=12)
+        h.slack.fail("chat.postMessage", status="timeout", times=1, delay=HELD, channel="C0AUDIT")
+        h.slack.fail("files.completeUploadExternal", status="timeout", times=1, delay=HELD)
         local = h.clock().astimezone(h.rt.config.timezone)
         due = datetime.combine(local.date(), h.rt.config.digest_at, tzinfo=h.rt.config.timezone)
         if local < due:

@@ -6,7 +6,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from handlers import ids
 from tests.conftest import BOT_TOKEN
-from tests.harness import edit_values, eventually, harness
+from tests.harness import HELD, edit_values, eventually, harness
 
 
 def posts_to(h: object, channel: str) -> list[object]:
@@ -39,7 +39,7 @@ async def test_a_post_that_timed_out_after_posting_is_not_posted_again(db_url: s
     async with harness(db_url, tmp_path) as h:
         # Slack posts the message but the answer arrives after the client gave up. (Faults are
         # scoped to the draft's channel: after 09:00 New York time the digest posts at startup.)
-        h.slack.fail("chat.postMessage", status="timeout", times=1, delay=12, channel="C0REFUNDS")
+        h.slack.fail("chat.postMessage", status="timeout", times=1, delay=HELD, channel="C0REFUNDS")
         created = await h.submit()
         message = await h.posted(created["id"], timeout=30)
         assert message["channel"] == "C0REFUNDS"
@@ -55,7 +55,7 @@ async def test_a_retried_post_finds_its_message_pages_back_in_a_busy_channel(
     db_url: str, tmp_path: Path
 ) -> None:
     async with harness(db_url, tmp_path) as h:
-        h.slack.fail("chat.postMessage", status="timeout", times=1, delay=12, channel="C0REFUNDS")
+        h.slack.fail("chat.postMessage", status="timeout", times=1, delay=HELD, channel="C0REFUNDS")
         created = await h.submit()
         await eventually(lambda: h.slack.calls("chat.postMessage"))
         # While the answer is held back, the channel fills up: 450 messages after the draft's.
@@ -81,8 +81,8 @@ async def test_a_thread_reply_and_an_alert_that_timed_out_after_posting_are_not_
         message = await h.posted(created["id"])
         # From here on, Slack takes the next post to each channel (the edit's diff in the draft's
         # thread; the pause alert) but its answer comes after the client gave up.
-        h.slack.fail("chat.postMessage", status="timeout", times=1, delay=12, channel="C0REFUNDS")
-        h.slack.fail("chat.postMessage", status="timeout", times=1, delay=12, channel="C0ALERTS")
+        h.slack.fail("chat.postMessage", status="timeout", times=1, delay=HELD, channel="C0REFUNDS")
+        h.slack.fail("chat.postMessage", status="timeout", times=1, delay=HELD, channel="C0ALERTS")
         await h.click("U0BOB", ids.EDIT, created["id"])
         opened = await eventually(lambda: h.slack.calls("views.open"))
         edited = "Hi Dana, we refunded $30.00 to your original card."
