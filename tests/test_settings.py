@@ -320,7 +320,6 @@ def test_check_config_names_the_category_key_when_a_value_is_wrong(
             "categories.Refund",
             "not a valid name",
         ),
-        ("[defaults]\nchannel = 'C01'", "defaults.channel", "each category sets its own"),
         (
             "[defaults]\nmax_amount = 10.5\n[categories.a]\nchannel = 'C01'\nreviewers = ['U01']",
             "defaults.max_amount",

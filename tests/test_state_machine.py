@@ -66,8 +66,8 @@ from bot.runtime import Runtime
 from bot.schemas import DoneIn, DraftIn
 from bot.settings import load_settings
 from bot.webhooks import BREAKER_THRESHOLD, WebhookJobs
-from storage import migrate
-from storage.db import create_db_engine
+from storage import migrate, queries
+from storage.db import create_db_engine, transaction
 from storage.tables import AuditEvent, CapUsage, Draft, OutboxJob
 from tests.conftest import PG_URL, FrozenClock, make_env, write_config
 
@@ -696,7 +696,12 @@ class ReviewLoop(RuleBasedStateMachine):
             self.changed(draft, "executed", "draft.executed")
             return
         unknown = outcome == "unknown"
-        jobs._finish(draft.id, ok=False, error="HTTP 500: down", unknown=unknown)
+        if unknown:  # an earlier attempt was sent and never answered (what WebhookJobs._note records)
+            with transaction(self.rt.engine) as session:
+                queries.update_draft(
+                    session, draft.id, where={"status": "approved"}, execution_ambiguous=True
+                )
+        jobs._finish(draft.id, ok=False, error="HTTP 500: down")
         self.executor_failures += 1
         if self._executor_breaker_trips():
             observe("executor breaker switched refund to manual")
@@ -794,13 +799,17 @@ class ReviewLoop(RuleBasedStateMachine):
 
     def _resume(self, who: str) -> None:
         self.control().resume("U0ADMIN", [who])
-        if who == "all":
-            if not self.pause_all:
-                return
-            self.set_pause_all(False)
-        else:
+        if who != "all":
             self.set_paused(who, False)
-        self.event("agent.resumed", f"agent:{who}")
+            self.event("agent.resumed", f"agent:{who}")
+            return
+        # `resume all` lifts the pause of all, then every agent's own pause, in name order.
+        if self.pause_all:
+            self.set_pause_all(False)
+            self.event("agent.resumed", "agent:all")
+        for agent in sorted(a for a, paused in self.paused.items() if paused):
+            self.set_paused(agent, False)
+            self.event("agent.resumed", f"agent:{agent}")
 
     def _manual(self, category: str, duration: timedelta | None) -> None:
         words = [] if duration is None else [f"{int(duration.total_seconds() // 60)}m"]

@@ -100,7 +100,10 @@ class Switches:
                 # Everything that stops an agent: the pause of all, and each agent's own (by hand
                 # or automatic), each resumed and audited by name.
                 resumed = [
-                    name for name in session.exec(select(Agent.name).where(Agent.state == "paused")).all()
+                    name
+                    for name in session.exec(
+                        select(Agent.name).where(Agent.state == "paused").order_by(Agent.name)
+                    ).all()
                 ]
                 if queries.get_control(session, "pause:all") is not None:
                     queries.set_control(session, "pause:all", None, by=user, at=now)
