@@ -17,6 +17,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
+from storage.rawsql import lock_audit_chain
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -79,8 +81,6 @@ def transaction(engine: Engine, *, write: bool = True, audited: bool = False) ->
     any row is written (the one lock order that cannot deadlock on PostgreSQL).
     """
     if audited:
-        from storage.rawsql import lock_audit_chain
-
         with transaction(engine) as session:
             lock_audit_chain(session)
             yield session
