@@ -277,22 +277,19 @@ def claim_due(rt: Runtime, *, worker: str) -> tuple[date, bool] | None:
 
 def claim_missed(rt: Runtime, *, worker: str) -> list[date]:
     """Claim, to post late, the digests of the CATCH_UP_DAYS before yesterday that no replica
-    posted (every one was down over that day's due time). Only days that ended after Countersign's
-    first recorded event: a new installation does not post a week of empty digests."""
+    posted (every one was down over that day's due time). Only days after the first digest ever
+    claimed: a new installation, or one that just set a digest channel, posts no backlog."""
     if rt.config.digest_channel is None:
         return []
     now = rt.clock()
-    zone = rt.config.timezone
-    yesterday = now.astimezone(zone).date() - timedelta(days=1)
-    window = [yesterday - timedelta(days=back) for back in range(CATCH_UP_DAYS, 0, -1)]
+    yesterday = now.astimezone(rt.config.timezone).date() - timedelta(days=1)
     with transaction(rt.engine, write=False) as session:
         claimed = set(sent_days(session))
-        first = session.execute(sa.select(col(AuditEvent.at)).order_by(col(AuditEvent.seq)).limit(1)).scalar()
-    if first is None:
+    if not claimed:
         return []
-    missed = [
-        day for day in window if claim_name(day) not in claimed and policy.day_bounds(day, zone)[1] > first
-    ]
+    first = min(date.fromisoformat(name.removeprefix("digest:")) for name in claimed)
+    window = [yesterday - timedelta(days=back) for back in range(CATCH_UP_DAYS, 0, -1)]
+    missed = [day for day in window if day > first and claim_name(day) not in claimed]
     return [day for day in missed if _claim(rt, day, late=True, worker=worker, now=now)]
 
 

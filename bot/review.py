@@ -118,6 +118,7 @@ class Reviewing:
             raise DecisionRefused(too_long)
         return draft, category
 
+    @fail_closed
     async def draft_for_review(self, *, user: str, value: str) -> tuple[Draft, Category]:
         """The pending draft behind a button, after checking that `user` may review it."""
         draft_id, version = parse_value(value)

@@ -95,8 +95,12 @@ async def post_digest(
 
 
 METADATA_EVENT = "countersign_draft"
+# Thread replies and alerts carry the outbox job that posted them.
 JOB_EVENT = "countersign_job"
-HISTORY_PAGES = 5  # how far back a retried post looks for its earlier attempt: 1,000 messages  # thread replies and alerts: the outbox job that posted them
+# How far back a retried post looks for its earlier attempt: 5 pages of 200 messages.
+HISTORY_PAGES = 5
+# Answers to a history lookup that no retry changes: the bot is no member, or lacks the scope.
+HISTORY_UNREADABLE = frozenset({"not_in_channel", "missing_scope"})
 
 
 def _event_payload(message: dict[str, Any], event_type: str) -> dict[str, Any]:
@@ -283,9 +287,29 @@ class SlackJobs:
                 return str(message["ts"])
         return None
 
-    async def _recent_messages(self, job: OutboxJob, channel: str) -> list[dict[str, Any]]:
-        """The channel's messages since shortly before the job was enqueued, with their metadata
-        (up to HISTORY_PAGES pages of 200: a busy channel can have more than one page since)."""
+    async def _recent_messages(
+        self, job: OutboxJob, channel: str, thread_ts: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The messages since shortly before the job was enqueued, with their metadata: the
+        channel's (up to HISTORY_PAGES pages of 200: a busy channel can have more than one page
+        since), or the thread's. When Slack will not show them (chat:write.public lets the bot post
+        where it is no member, and history needs membership), none: the post goes out anyway,
+        since a second copy is better than a lost one."""
+        try:
+            if thread_ts is not None:
+                response = await self.client.conversations_replies(
+                    channel=channel, ts=thread_ts, include_all_metadata=True, limit=1000
+                )
+                return list(response.get("messages") or [])
+            return await self._history(job, channel)
+        except SlackApiError as exc:
+            code = exc.response.get("error") if hasattr(exc.response, "get") else None
+            if code not in HISTORY_UNREADABLE:
+                raise
+            log.warning("cannot read %s (%s): posting without looking for an earlier attempt", channel, code)
+            return []
+
+    async def _history(self, job: OutboxJob, channel: str) -> list[dict[str, Any]]:
         oldest, cursor = job.created_at.timestamp() - 60, None
         messages: list[dict[str, Any]] = []
         for _ in range(HISTORY_PAGES):
@@ -361,13 +385,7 @@ class SlackJobs:
         """Post the job's message, unless an earlier attempt of the job already did (Slack took the
         post, then the answer was lost or the process died before the job was marked done)."""
         if job.attempts > 1:
-            if thread_ts is None:
-                earlier = await self._recent_messages(job, channel)
-            else:
-                response = await self.client.conversations_replies(
-                    channel=channel, ts=thread_ts, include_all_metadata=True, limit=1000
-                )
-                earlier = list(response.get("messages") or [])
+            earlier = await self._recent_messages(job, channel, thread_ts)
             if any(_event_payload(m, JOB_EVENT).get("job_id") == str(job.id) for m in earlier):
                 return
         await self.client.chat_postMessage(

@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 
 TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
 BREAKER_THRESHOLD = 5  # consecutive executor failures before its category goes to manual mode
-# 409 too: an executor that deduplicates on Idempotency-Key answers it while an earlier request
-# with the same key is still being processed (Stripe does); the answer to wait for comes later.
-RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
+# 409 is retried too (execute): an executor that deduplicates on Idempotency-Key answers it while
+# an earlier request with the same key is still being processed (Stripe does).
+RETRYABLE_STATUS = frozenset({408, 425, 429})
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -143,6 +143,13 @@ class WebhookJobs:
             raise RetryLater(f"executor outcome unknown: {type(exc).__name__}") from None
         if 200 <= status < 300:
             await asyncio.to_thread(self._finish, draft_id, ok=True, error=None)
+        elif status == 409:
+            # The executor still holds an earlier request with this key: that one may take effect
+            # (the outcome is unknown until an answer comes), and the executor is not failing.
+            await asyncio.to_thread(
+                self._note, draft_id, f"HTTP 409: {text}", ambiguous=True, executor_failed=False
+            )
+            raise RetryLater("executor busy with the same key", retry_after=wait)
         elif status in RETRYABLE_STATUS or status >= 500:
             await asyncio.to_thread(self._note, draft_id, f"HTTP {status}: {text}", ambiguous=False)
             raise RetryLater(f"executor answered {status}", retry_after=wait)
@@ -186,14 +193,14 @@ class WebhookJobs:
             }
             return Attempt(draft.id, category.executor, json.dumps(body, sort_keys=True).encode())
 
-    def _note(self, draft_id: str, error: str, *, ambiguous: bool) -> None:
+    def _note(self, draft_id: str, error: str, *, ambiguous: bool, executor_failed: bool = True) -> None:
         with transaction(self.rt.engine, audited=True) as session:  # the breaker may trip
             values: dict[str, Any] = {"execution_last_error": error[:500], "updated_at": self.rt.clock()}
             if ambiguous:
                 values["execution_ambiguous"] = True
             queries.update_draft(session, draft_id, where={"status": "approved"}, **values)
             draft = session.get(Draft, draft_id)
-            if draft is not None:
+            if draft is not None and executor_failed:
                 self._executor_health(session, draft.category, ok=False, error=error)
 
     def _executor_health(
@@ -256,7 +263,8 @@ class WebhookJobs:
             )
             if not moved:
                 return
-            self._executor_health(session, draft.category, ok=ok, error=error)
+            if not unknown:  # unanswered attempts were counted as they happened (_note)
+                self._executor_health(session, draft.category, ok=ok, error=error)
             if to == "failed" and draft.reservation_day:
                 owner = session.get(Agent, draft.agent_id)
                 caps.release(

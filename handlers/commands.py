@@ -15,7 +15,11 @@ async def agent_command(
     ack: AsyncAck, command: dict[str, Any], context: AsyncBoltContext, respond: AsyncRespond
 ) -> None:
     control = services(context).control
-    text = await ack_when_done(ack, control.run(user=command["user_id"], text=command.get("text") or ""))
+    text = await ack_when_done(
+        ack,
+        control.run(user=command["user_id"], text=command.get("text") or ""),
+        late_text="Still applying it (the database is slow); the answer follows.",
+    )
     await respond(text=text or HELP, response_type="ephemeral")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -12,6 +13,8 @@ from slack_bolt.async_app import AsyncAck, AsyncBoltContext
 from bot.control import Control
 from bot.review import Reviewing
 from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 KEY = "countersign"
 # Slack gives up on an ack after 3 s (and Bolt stops waiting for one): leave room for the network.
@@ -32,12 +35,20 @@ def services(context: AsyncBoltContext) -> Services:
     return value  # type: ignore[no-any-return]
 
 
-async def ack_when_done(ack: AsyncAck, work: Awaitable[T]) -> T:
+async def ack_when_done(ack: AsyncAck, work: Awaitable[T], *, late_text: str | None = None) -> T:
     """Run a change (a decision, a pause), then ack: by the time Slack has the acknowledgment the
     change is committed, so a pause acknowledged is a pause in effect. Should the change take
-    longer than ACK_BUDGET, ack anyway (Slack would show the user an error) and let it finish;
-    the answer goes to the user afterwards either way. A failing change is acked too, then raised."""
+    longer than ACK_BUDGET, ack anyway (Slack would show the user an error), with `late_text`
+    where Slack shows an ack's text (slash commands), and let it finish; the answer goes to the
+    user afterwards either way. A failing change is acked too, then raised."""
     task = asyncio.ensure_future(work)
-    await asyncio.wait({task}, timeout=ACK_BUDGET)
-    await ack()
+    done, _ = await asyncio.wait({task}, timeout=ACK_BUDGET)
+    if done or late_text is None:
+        await ack()
+    else:
+        await ack(text=late_text, response_type="ephemeral")
+    if not done:
+        log.warning(
+            "a Slack interaction took over %.1f s: acknowledged before its change committed", ACK_BUDGET
+        )
     return await task

@@ -39,8 +39,17 @@ def agent_for_token(session: Session, token_hash: str) -> Agent | None:
     return row[0] if row else None
 
 
-def set_heartbeat(session: Session, agent_id: int, now: datetime) -> bool:
-    """Record a heartbeat; True when the agent had been marked offline."""
+def set_heartbeat(session: Session, agent_id: int, now: datetime, *, online_only: bool = False) -> bool:
+    """Record a heartbeat; True when the agent had been marked offline. With `online_only`, only
+    for an agent that is online, and True when it was recorded."""
+    if online_only:
+        return bool(
+            session.execute(
+                sa.update(agent_t)
+                .where(agent_t.c.id == agent_id, agent_t.c.offline.is_(False))
+                .values(last_heartbeat_at=now)
+            ).rowcount  # type: ignore[attr-defined]
+        )
     was_offline = session.execute(
         sa.update(agent_t).where(agent_t.c.id == agent_id, agent_t.c.offline.is_(True)).values(offline=False)
     ).rowcount  # type: ignore[attr-defined]

@@ -378,15 +378,15 @@ async def test_once_slack_has_the_approve_ack_the_approval_is_committed(h: Harne
     assert (await h.draft(created["id"]))["status"] in ("approved", "executed")
 
 
-async def test_resume_all_releases_the_pause_of_all_and_every_agents_own(h: Harness) -> None:
-    assert "Nothing to resume" in await h.command("U0ADMIN", "resume all")
+async def test_resume_all_lifts_the_pause_of_all_and_names_the_agents_still_paused(h: Harness) -> None:
+    assert await h.command("U0ADMIN", "resume all") == "Nothing to resume: `all` is not paused."
     await h.command("U0ALICE", "pause support-bot looked wrong")
     await h.command("U0ALICE", "pause all incident")
     answer = await h.command("U0ADMIN", "resume all")
-    assert answer == ":arrow_forward: Resumed *all*, *support-bot*.", answer
-    assert (await h.submit())["status"] == "pending"
-    me = await (await h.client.get("/v1/agents/me", headers=h.auth())).json()
-    assert (me["state"], me["reason"]) == ("active", None)
+    assert answer == ":arrow_forward: Resumed *all*. Still paused on their own: *support-bot*.", answer
+    assert (await h.submit())["reason"] == "agent_paused"  # its own pause is released by name
+    assert "Resumed *support-bot*" in await h.command("U0ADMIN", "resume support-bot")
+    assert (await h.submit(summary="again"))["status"] == "pending"
     with h.rt.engine.connect() as conn:
         subjects = conn.exec_driver_sql(
             "SELECT subject FROM audit_event WHERE action = 'agent.resumed' ORDER BY seq"

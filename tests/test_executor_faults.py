@@ -105,3 +105,18 @@ async def test_409_while_the_same_key_is_in_flight_is_waited_out(h: Harness) -> 
     await h.click("U0ALICE", ids.APPROVE, created["id"])
     await h.status(created["id"], "executed")
     assert len(h.executor.effects) == 1 and len(h.executor.requests) == 3
+
+
+async def test_409_to_the_last_attempt_is_an_unknown_outcome_not_a_failure(h: Harness) -> None:
+    # The executor kept answering "still processing that key": the earlier request may yet act.
+    h.executor.script(409, 409, 409)
+    created = await h.submit()
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    await h.status(created["id"], "needs_reconciliation")
+    me = await (await h.client.get("/v1/agents/me", headers=h.auth())).json()
+    assert me["categories"]["refund"]["amount_used"] == "30.00"  # the reservation stays
+    with h.rt.engine.connect() as conn:  # a busy executor is not a failing one: no breaker count
+        failures = conn.exec_driver_sql(
+            "SELECT value FROM control_state WHERE \"key\" = 'executor_failures:refund'"
+        ).scalar()
+    assert failures is None or '"count": 0' in failures or '"count":0' in failures, failures

@@ -122,3 +122,23 @@ async def test_posting_stays_within_one_message_per_second_per_channel(db_url: s
         # A burst of 3, then at most one a second: any 4 consecutive posts span at least ~1 s.
         for first, fourth in zip(times, times[3:], strict=False):
             assert fourth - first >= 0.95
+
+
+async def test_a_retried_alert_is_posted_anyway_where_the_bot_cannot_read_the_history(
+    db_url: str, tmp_path: Path
+) -> None:
+    # chat:write.public lets the bot post where it is no member; history needs membership.
+    async with harness(db_url, tmp_path) as h:
+        h.slack.fail("chat.postMessage", status=500, times=3, channel="C0ALERTS")
+        h.slack.fail("conversations.history", status=200, error="not_in_channel", times=5, channel="C0ALERTS")
+        assert "Paused" in await h.command("U0ALICE", "pause support-bot looks off")
+
+        def alert_job() -> tuple[str, int] | None:
+            with h.rt.engine.connect() as conn:
+                row = conn.exec_driver_sql(
+                    "SELECT status, attempts FROM outbox_job WHERE kind = 'slack.alert'"
+                ).first()
+            return None if row is None else (str(row[0]), int(row[1]))
+
+        await eventually(lambda: alert_job() == ("done", 2), timeout=30)
+        assert any("paused *support-bot*" in a for a in h.alerts())

@@ -702,8 +702,9 @@ class ReviewLoop(RuleBasedStateMachine):
                     session, draft.id, where={"status": "approved"}, execution_ambiguous=True
                 )
         jobs._finish(draft.id, ok=False, error="HTTP 500: down")
-        self.executor_failures += 1
-        if self._executor_breaker_trips():
+        # An unknown outcome's unanswered attempts are counted as they happen (not modelled here).
+        self.executor_failures += 0 if unknown else 1
+        if not unknown and self._executor_breaker_trips():
             observe("executor breaker switched refund to manual")
             self.set_mode("refund", {"mode": "manual", "until": None})
             self.event("category.manual", "category:refund")
@@ -799,17 +800,13 @@ class ReviewLoop(RuleBasedStateMachine):
 
     def _resume(self, who: str) -> None:
         self.control().resume("U0ADMIN", [who])
-        if who != "all":
-            self.set_paused(who, False)
-            self.event("agent.resumed", f"agent:{who}")
-            return
-        # `resume all` lifts the pause of all, then every agent's own pause, in name order.
-        if self.pause_all:
+        if who == "all":  # lifts the pause of all only; each agent's own pause stays
+            if not self.pause_all:
+                return
             self.set_pause_all(False)
-            self.event("agent.resumed", "agent:all")
-        for agent in sorted(a for a, paused in self.paused.items() if paused):
-            self.set_paused(agent, False)
-            self.event("agent.resumed", f"agent:{agent}")
+        else:
+            self.set_paused(who, False)
+        self.event("agent.resumed", f"agent:{who}")
 
     def _manual(self, category: str, duration: timedelta | None) -> None:
         words = [] if duration is None else [f"{int(duration.total_seconds() // 60)}m"]

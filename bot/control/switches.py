@@ -96,35 +96,32 @@ class Switches:
         target = args[0]
         now = self.rt.clock()
         with transaction(self.rt.engine, audited=True) as session:
+            # `resume all` lifts the pause of all only: an agent's own pause (by a reviewer for an
+            # incident, or automatic) is released by name, deliberately. The answer lists them.
+            still = [
+                name
+                for name in session.exec(
+                    select(Agent.name)
+                    .where(Agent.state == "paused", Agent.categories != "", Agent.name != target)
+                    .order_by(Agent.name)
+                ).all()
+            ]
+            note = f" Still paused on their own: {', '.join(f'*{n}*' for n in still)}." if still else ""
             if target == "all":
-                # Everything that stops an agent: the pause of all, and each agent's own (by hand
-                # or automatic), each resumed and audited by name.
-                resumed = [
-                    name
-                    for name in session.exec(
-                        select(Agent.name).where(Agent.state == "paused").order_by(Agent.name)
-                    ).all()
-                ]
-                if queries.get_control(session, "pause:all") is not None:
-                    queries.set_control(session, "pause:all", None, by=user, at=now)
-                    resumed.insert(0, "all")
-                if not resumed:
-                    return "Nothing to resume: no agent is paused."
+                if queries.get_control(session, "pause:all") is None:
+                    return f"Nothing to resume: `all` is not paused.{note}"
+                queries.set_control(session, "pause:all", None, by=user, at=now)
                 _refresh_pending(session, now)
             else:
-                resumed = [target]
-            for name in resumed:
-                if name != "all":
-                    _set_agent(
-                        session, name, now, state="active", paused_by=None, paused_at=None, paused_reason=None
-                    )
-                audit.append(
-                    session, at=now, actor=f"slack:{user}", action="agent.resumed", subject=f"agent:{name}"
+                _set_agent(
+                    session, target, now, state="active", paused_by=None, paused_at=None, paused_reason=None
                 )
-            names = ", ".join(f"*{name}*" for name in resumed)
-            _announce(session, self.rt, f":arrow_forward: <@{user}> resumed {names}.", now)
+            audit.append(
+                session, at=now, actor=f"slack:{user}", action="agent.resumed", subject=f"agent:{target}"
+            )
+            _announce(session, self.rt, f":arrow_forward: <@{user}> resumed *{target}*.{note}", now)
         self.rt.wake_outbox()
-        return f":arrow_forward: Resumed {names}."
+        return f":arrow_forward: Resumed *{target}*.{note}"
 
     def _category(self, args: list[str], usage: str) -> str:
         if not args or args[0] not in self.rt.config.categories:

@@ -35,8 +35,9 @@ class Prepared:
     key: str | None
     fingerprint: str
     base_url: str
-    # The bearer token's hash when the agent came from the server's token cache: the transaction
-    # that stores the draft checks the token is still live (None: authenticated just now).
+    # The bearer token's hash (the server always sets it; its agent may come from the token
+    # cache): the transaction that stores the draft checks the token is still live. None for the
+    # CLI and tests, which authenticate in the same breath.
     token_hash: str | None = None
 
 
