@@ -128,13 +128,13 @@ def check(rt: Runtime, *, agent: Agent, draft: DraftIn) -> Checked:
         raise Invalid("currency given without an amount", field="currency")
     if draft.callback_url is not None:
         prefixes: list[str] = json.loads(agent.callback_prefixes)
-        if _dot_segments(draft.callback_url):
-            # The HTTP client resolves them ("/cb/../admin" is sent as "/admin"): out of the prefix.
-            raise Invalid("callback_url must not contain '.' or '..' path segments", field="callback_url")
         if not any(draft.callback_url.startswith(prefix) for prefix in prefixes):
             raise Invalid(
                 "callback_url is not under a prefix registered for this agent", field="callback_url"
             )
+        if _dot_segments(draft.callback_url):
+            # The HTTP client resolves them ("/cb/../admin" is sent as "/admin"): out of the prefix.
+            raise Invalid("callback_url must not contain '.' or '..' path segments", field="callback_url")
         # The host comes from the prefix; one registered before the SSRF checks may still be refused.
         try:
             netguard.check_url(draft.callback_url)
@@ -151,6 +151,10 @@ def prepare(rt: Runtime, *, agent: Agent, draft: DraftIn, key: str | None, base_
 
 
 def _dot_segments(url: str) -> bool:
-    """Does the URL's path hold a '.' or '..' segment, plain or percent-encoded (%2e, %2F)?"""
-    path = unquote(urlsplit(url).path).replace("\\", "/")
+    """Does the URL's path hold a '.' or '..' segment, plain or percent-encoded (%2e, %2F)? A URL
+    that does not even parse counts as one: it is refused either way."""
+    try:
+        path = unquote(urlsplit(url).path).replace("\\", "/")
+    except ValueError:
+        return True
     return any(segment in (".", "..") for segment in path.split("/"))
