@@ -128,3 +128,80 @@ def test_four_processes_writing_one_switch_at_once_never_collide(db_url: str, rt
     with rt.engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT value FROM control_state WHERE \"key\" = 'pause:all'")).all()
     assert len(rows) == 1 and '"n": 19' in rows[0][0]
+
+
+def _approve_or_switch(env: dict[str, str], what: str, ids: list[str], barrier: Any, answers: Any) -> None:
+    from bot.control import Control
+
+    settings = load_settings(env)
+    rt = Runtime(engine=create_db_engine(settings.database_url), config=settings.config)
+    control = Control(rt=rt, directory=None)  # type: ignore[arg-type]  (manual and review read no directory)
+    out = []
+    for draft_id in ids:
+        barrier.wait()  # the approval and the switch to manual, at the same moment
+        try:
+            if what == "approve":
+                decisions.approve(
+                    rt,
+                    draft_id=draft_id,
+                    version=1,
+                    user="U0ALICE",
+                    reviewers=REVIEWERS,
+                    reviewer=policy.Reviewer("U0ALICE"),
+                )
+            else:
+                control.manual("U0BOB", ["reply"])
+            out.append("won")
+        except DecisionRefused:
+            out.append("refused")
+        except Exception as exc:
+            out.append(f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+        barrier.wait()
+        if what == "manual":
+            control.review("U0ADMIN", ["reply"])  # back to review before the next trial
+        barrier.wait()
+    answers.put((what, out))
+    rt.engine.dispose()
+
+
+def test_an_approval_racing_a_switch_to_manual_commits_before_it_or_not_at_all(
+    db_url: str, tmp_path: Path, rt: Runtime
+) -> None:
+    env = make_env(db_url, write_config(tmp_path))
+    agents.add(rt, name="race-bot", categories=["reply"], callback_prefixes=[])
+    agent = agents.authenticate(rt, agents.rotate(rt, name="race-bot"))
+    draft = DraftIn.model_validate({"category": "reply", "summary": "s", "body": "It ships on Monday."})
+    ids = [
+        str(intake.submit(rt, agent=agent, draft=draft, key=None, base_url="")[1]["id"]) for _ in range(20)
+    ]
+
+    context = multiprocessing.get_context("spawn")
+    barrier, answers = context.Barrier(2), context.Queue()
+    processes = [
+        context.Process(target=_approve_or_switch, args=(env, what, ids, barrier, answers))
+        for what in ("approve", "manual")
+    ]
+    for process in processes:
+        process.start()
+    results = dict(answers.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=30)
+
+    assert [a for a in results["approve"] + results["manual"] if a.startswith("error")] == []
+    assert results["manual"] == ["won"] * len(ids)
+    with rt.engine.connect() as conn:
+        events = conn.execute(
+            sa.text(
+                "SELECT action, subject, seq FROM audit_event"
+                " WHERE action IN ('draft.approved', 'category.manual') ORDER BY seq"
+            )
+        ).all()
+    switches = [seq for action, _, seq in events if action == "category.manual"]
+    approved = {subject: seq for action, subject, seq in events if action == "draft.approved"}
+    for n, draft_id in enumerate(ids):
+        if results["approve"][n] == "won":
+            # Serialized: an approval its reviewer was told about committed before that trial's switch.
+            assert approved[draft_id] < switches[n], (draft_id, approved[draft_id], switches[n])
+        else:
+            assert draft_id not in approved
+    assert audit.verify(rt.engine).ok
