@@ -155,18 +155,18 @@ class TokenCache:
 
     ttl: float = 2.0
     clock: Callable[[], float] = time.monotonic
-    _entries: dict[str, tuple[float, Agent]] = field(default_factory=dict)
+    _entries: dict[str, tuple[float, Agent]] = field(default_factory=dict)  # by token hash
 
-    def get(self, token: str) -> Agent | None:
-        entry = self._entries.get(hash_token(token))
+    def get(self, token_hash: str) -> Agent | None:
+        entry = self._entries.get(token_hash)
         if entry is None or self.clock() - entry[0] > self.ttl:
             return None
         return entry[1]
 
-    def put(self, token: str, agent: Agent) -> None:
+    def put(self, token_hash: str, agent: Agent) -> None:
         if len(self._entries) > 10_000:
             self._entries.clear()
-        self._entries[hash_token(token)] = (self.clock(), agent)
+        self._entries[token_hash] = (self.clock(), agent)
 
 
 def heartbeat(rt: Runtime, *, agent: Agent) -> dict[str, Any]:

@@ -167,11 +167,7 @@ class Reviewing:
             edited_body=form.body,
             edited_amount=amount,
         )
-        exponent = currency_exponent(category.currency)  # as the approval converts it
-        changed = form.body != draft.body or (
-            amount is not None and policy.to_minor(amount, exponent) != draft.amount_minor
-        )
-        return self._counted(outcome, "edit" if changed else "approve", draft)
+        return self._counted(outcome, "edit" if outcome.edited else "approve", draft)
 
     @fail_closed
     async def reject(self, *, user: str, draft_id: str, version: int, reason: str) -> Outcome:

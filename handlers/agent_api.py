@@ -85,25 +85,33 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return web.json_response(body, status=500)
 
 
-async def _agent(request: web.Request, *, cached: bool = False) -> Agent:
-    """The agent behind the bearer token, within its request rate. Only intake takes a `cached`
-    answer: it checks the token again in the transaction that stores the draft."""
+async def _agent(request: web.Request) -> Agent:
+    """The agent behind the bearer token, read from the database, within its request rate."""
+    agent, _ = await _authenticated(request, cached=False)
+    return agent
+
+
+async def _authenticated(request: web.Request, *, cached: bool) -> tuple[Agent, str]:
+    """The agent behind the bearer token and the token's hash, within the agent's request rate.
+    Only intake takes a `cached` answer: it checks the hash again in the transaction that stores
+    the draft."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send the agent token as 'Authorization: Bearer <token>'")
     rt, cache = request.app[RUNTIME], request.app[TOKENS]
     token = token.strip()
-    agent = cache.get(token) if cached else None
+    token_hash = agents.hash_token(token)
+    agent = cache.get(token_hash) if cached else None
     if agent is None:
         agent = await asyncio.to_thread(agents.authenticate, rt, token)
-        cache.put(token, agent)
+        cache.put(token_hash, agent)
     wait = request.app[LIMITER].take(agent.id)  # type: ignore[arg-type]
     if wait:
         raise RateLimited(
             "too many requests for this agent", retry_after=RateLimiter.retry_after_header(wait)
         )
-    return agent
+    return agent, token_hash
 
 
 def _json_constant(name: str) -> Any:
@@ -149,7 +157,7 @@ def _base_url(request: web.Request) -> str:
 
 
 async def post_draft(request: web.Request) -> web.Response:
-    agent = await _agent(request, cached=True)
+    agent, token_hash = await _authenticated(request, cached=True)
     data = await _json_body(request)
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
@@ -159,7 +167,6 @@ async def post_draft(request: web.Request) -> web.Response:
     writer = request.app[INTAKE]
     with writer.in_flight(agent.id, key):  # type: ignore[arg-type]
         findings = await request.app[RULES].check(checked.rule_job())
-        token_hash = agents.hash_token(request.headers["Authorization"].partition(" ")[2].strip())
         prepared = checked.prepared(findings, key=key, base_url=_base_url(request), token_hash=token_hash)
         status, body = await writer.submit(prepared)
     return web.json_response(body, status=status)

@@ -162,6 +162,15 @@ class Harness:
         answer = await eventually(lambda: self.slack.responses[before:])
         return str((answer[0].get("json") or {}).get("text"))
 
+    def jobs(self, kind: str) -> list[tuple[str, int]]:
+        """(status, attempts) of each outbox job of `kind`, oldest first."""
+        with self.rt.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT status, attempts FROM outbox_job WHERE kind = :kind ORDER BY id"),
+                {"kind": kind},
+            ).all()
+        return [(str(status), int(attempts)) for status, attempts in rows]
+
     def alerts(self) -> list[str]:
         return [
             str(c.params.get("text"))

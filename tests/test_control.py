@@ -294,6 +294,21 @@ async def test_pause_and_manual_mode_survive_a_restart(db_url: str, tmp_path: Pa
         assert audit.verify(second.rt.engine).ok
 
 
+async def _home_click(h: Harness, user: str, action: str, value: str) -> int:
+    """A signed click on an App Home button; the HTTP status Slack gets."""
+    view = {
+        "id": "V0HOME",
+        "type": "home",
+        "callback_id": "",
+        "private_metadata": "",
+        "state": {"values": {}},
+    }
+    status, _ = await h.post_signed(
+        signing.block_action(SIGNING_SECRET, user_id=user, action_id=action, value=value, view=view)
+    )
+    return status
+
+
 @pytest.mark.parametrize(
     ("user", "action", "allowed"),
     [
@@ -308,17 +323,7 @@ async def test_app_home_buttons_follow_the_same_permissions(
 ) -> None:
     if action == ids.HOME_RESUME:
         await h.command("U0ALICE", "pause support-bot")
-    view = {
-        "id": "V0HOME",
-        "type": "home",
-        "callback_id": "",
-        "private_metadata": "",
-        "state": {"values": {}},
-    }
-    status, _ = await h.post_signed(
-        signing.block_action(SIGNING_SECRET, user_id=user, action_id=action, value="support-bot", view=view)
-    )
-    assert status == 200
+    assert await _home_click(h, user, action, "support-bot") == 200
     await eventually(lambda: h.slack.calls("views.publish"))
     me = await (await h.client.get("/v1/agents/me", headers=h.auth())).json()
     paused_now = me["state"] == "paused"
@@ -400,17 +405,5 @@ async def test_app_home_offers_admins_resume_all_while_all_are_paused(h: Harness
     view = (await eventually(lambda: h.slack.calls("views.publish")))[0].params["view"]
     buttons = [b["accessory"] for b in view["blocks"] if (b.get("accessory") or {}).get("value") == "all"]
     assert [(b["action_id"], b["text"]["text"]) for b in buttons] == [(ids.HOME_RESUME, "Resume all")]
-    home = {
-        "id": "V0HOME",
-        "type": "home",
-        "callback_id": "",
-        "private_metadata": "",
-        "state": {"values": {}},
-    }
-    status, _ = await h.post_signed(
-        signing.block_action(
-            SIGNING_SECRET, user_id="U0ADMIN", action_id=ids.HOME_RESUME, value="all", view=home
-        )
-    )
-    assert status == 200
+    assert await _home_click(h, "U0ADMIN", ids.HOME_RESUME, "all") == 200
     assert (await h.submit())["status"] == "pending"

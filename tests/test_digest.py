@@ -225,14 +225,7 @@ async def test_a_retried_digest_job_posts_only_what_slack_does_not_show_yet(
         if local < due:
             h.clock.offset += due - local
 
-        def job() -> tuple[str, int] | None:
-            with h.rt.engine.connect() as conn:
-                row = conn.exec_driver_sql(
-                    "SELECT status, attempts FROM outbox_job WHERE kind = 'slack.digest'"
-                ).first()
-            return None if row is None else (str(row[0]), int(row[1]))
-
-        await eventually(lambda: job() == ("done", 3), timeout=60)
+        await eventually(lambda: h.jobs("slack.digest") == [("done", 3)], timeout=60)
         texts = [m for m in h.slack.messages.values() if m["channel"] == "C0AUDIT" and m.get("metadata")]
         charts = [m for m in h.slack.messages.values() if m["channel"] == "C0AUDIT" and m.get("files")]
         assert len(texts) == 1 and texts[0]["text"].startswith("*Countersign daily digest")

@@ -23,14 +23,19 @@ REVIEWERS = frozenset({"U0ALICE", "U0BOB"})
 TRIALS = 25
 
 
-def _decide(env: dict[str, str], what: str, ids: list[str], barrier: Any, answers: Any) -> None:
+def _act(env: dict[str, str], role: str, ids: list[str], barrier: Any, answers: Any) -> None:
+    """One racing process: for each draft, at the same moment as the other process, approve it,
+    reject it, or switch its category to manual (and back to review after the trial)."""
+    from bot.control import Control
+
     settings = load_settings(env)
     rt = Runtime(engine=create_db_engine(settings.database_url), config=settings.config)
+    control = Control(rt=rt, directory=None)  # type: ignore[arg-type]  (manual and review read no directory)
     out = []
     for draft_id in ids:
-        barrier.wait()  # both processes decide this draft at the same moment
+        barrier.wait()  # both processes act on this draft at the same moment
         try:
-            if what == "approve":
+            if role == "approve":
                 decisions.approve(
                     rt,
                     draft_id=draft_id,
@@ -39,7 +44,7 @@ def _decide(env: dict[str, str], what: str, ids: list[str], barrier: Any, answer
                     reviewers=REVIEWERS,
                     reviewer=policy.Reviewer("U0ALICE"),
                 )
-            else:
+            elif role == "reject":
                 decisions.reject(
                     rt,
                     draft_id=draft_id,
@@ -49,38 +54,48 @@ def _decide(env: dict[str, str], what: str, ids: list[str], barrier: Any, answer
                     reviewer=policy.Reviewer("U0BOB"),
                     reason="not this one",
                 )
+            else:
+                control.manual("U0BOB", ["reply"])
             out.append("won")
         except DecisionRefused:
             out.append("refused")
         except Exception as exc:  # a deadlock surfaces here
             out.append(f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
-    answers.put((what, out))
+        barrier.wait()
+        if role == "manual":
+            control.review("U0ADMIN", ["reply"])  # back to review before the next trial
+        barrier.wait()
+    answers.put((role, out))
     rt.engine.dispose()
 
 
-def test_approve_and_reject_racing_from_two_processes_never_deadlock(
-    db_url: str, tmp_path: Path, rt: Runtime
-) -> None:
-    env = make_env(db_url, write_config(tmp_path))
+def _drafts(rt: Runtime, count: int) -> list[str]:
     agents.add(rt, name="race-bot", categories=["reply"], callback_prefixes=[])
     agent = agents.authenticate(rt, agents.rotate(rt, name="race-bot"))
     draft = DraftIn.model_validate({"category": "reply", "summary": "s", "body": "It ships on Monday."})
-    ids = [
-        str(intake.submit(rt, agent=agent, draft=draft, key=None, base_url="")[1]["id"])
-        for _ in range(TRIALS)
+    return [
+        str(intake.submit(rt, agent=agent, draft=draft, key=None, base_url="")[1]["id"]) for _ in range(count)
     ]
 
+
+def _race(env: dict[str, str], ids: list[str], roles: tuple[str, str]) -> dict[str, list[str]]:
+    """Run the two roles in two OS processes, draft by draft; each role's answers, in order."""
     context = multiprocessing.get_context("spawn")
     barrier, answers = context.Barrier(2), context.Queue()
-    processes = [
-        context.Process(target=_decide, args=(env, what, ids, barrier, answers))
-        for what in ("approve", "reject")
-    ]
+    processes = [context.Process(target=_act, args=(env, role, ids, barrier, answers)) for role in roles]
     for process in processes:
         process.start()
     results = dict(answers.get(timeout=120) for _ in processes)
     for process in processes:
         process.join(timeout=30)
+    return results
+
+
+def test_approve_and_reject_racing_from_two_processes_never_deadlock(
+    db_url: str, tmp_path: Path, rt: Runtime
+) -> None:
+    ids = _drafts(rt, TRIALS)
+    results = _race(make_env(db_url, write_config(tmp_path)), ids, ("approve", "reject"))
 
     errors = [a for a in results["approve"] + results["reject"] if a.startswith("error")]
     assert errors == [], errors
@@ -130,62 +145,11 @@ def test_four_processes_writing_one_switch_at_once_never_collide(db_url: str, rt
     assert len(rows) == 1 and '"n": 19' in rows[0][0]
 
 
-def _approve_or_switch(env: dict[str, str], what: str, ids: list[str], barrier: Any, answers: Any) -> None:
-    from bot.control import Control
-
-    settings = load_settings(env)
-    rt = Runtime(engine=create_db_engine(settings.database_url), config=settings.config)
-    control = Control(rt=rt, directory=None)  # type: ignore[arg-type]  (manual and review read no directory)
-    out = []
-    for draft_id in ids:
-        barrier.wait()  # the approval and the switch to manual, at the same moment
-        try:
-            if what == "approve":
-                decisions.approve(
-                    rt,
-                    draft_id=draft_id,
-                    version=1,
-                    user="U0ALICE",
-                    reviewers=REVIEWERS,
-                    reviewer=policy.Reviewer("U0ALICE"),
-                )
-            else:
-                control.manual("U0BOB", ["reply"])
-            out.append("won")
-        except DecisionRefused:
-            out.append("refused")
-        except Exception as exc:
-            out.append(f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
-        barrier.wait()
-        if what == "manual":
-            control.review("U0ADMIN", ["reply"])  # back to review before the next trial
-        barrier.wait()
-    answers.put((what, out))
-    rt.engine.dispose()
-
-
 def test_an_approval_racing_a_switch_to_manual_commits_before_it_or_not_at_all(
     db_url: str, tmp_path: Path, rt: Runtime
 ) -> None:
-    env = make_env(db_url, write_config(tmp_path))
-    agents.add(rt, name="race-bot", categories=["reply"], callback_prefixes=[])
-    agent = agents.authenticate(rt, agents.rotate(rt, name="race-bot"))
-    draft = DraftIn.model_validate({"category": "reply", "summary": "s", "body": "It ships on Monday."})
-    ids = [
-        str(intake.submit(rt, agent=agent, draft=draft, key=None, base_url="")[1]["id"]) for _ in range(20)
-    ]
-
-    context = multiprocessing.get_context("spawn")
-    barrier, answers = context.Barrier(2), context.Queue()
-    processes = [
-        context.Process(target=_approve_or_switch, args=(env, what, ids, barrier, answers))
-        for what in ("approve", "manual")
-    ]
-    for process in processes:
-        process.start()
-    results = dict(answers.get(timeout=120) for _ in processes)
-    for process in processes:
-        process.join(timeout=30)
+    ids = _drafts(rt, 20)
+    results = _race(make_env(db_url, write_config(tmp_path)), ids, ("approve", "manual"))
 
     assert [a for a in results["approve"] + results["manual"] if a.startswith("error")] == []
     assert results["manual"] == ["won"] * len(ids)

@@ -93,14 +93,7 @@ async def test_a_thread_reply_and_an_alert_that_timed_out_after_posting_are_not_
         assert status == 200
         assert "Paused" in await h.command("U0ALICE", "pause support-bot looks off")
 
-        def jobs_done() -> bool:
-            with h.rt.engine.connect() as conn:
-                rows = conn.exec_driver_sql(
-                    "SELECT kind, status, attempts FROM outbox_job WHERE kind IN ('slack.thread', 'slack.alert')"
-                ).all()
-            return sorted(rows) == [("slack.alert", "done", 2), ("slack.thread", "done", 2)]
-
-        await eventually(jobs_done, timeout=60)
+        await eventually(lambda: h.jobs("slack.alert") == h.jobs("slack.thread") == [("done", 2)], timeout=60)
         replies = [m for m in h.slack.messages.values() if m.get("thread_ts") == message["ts"]]
         alerts = [m for m in h.slack.messages.values() if m["channel"] == "C0ALERTS"]
         assert len(replies) == 1 and "edited the draft" in replies[0]["text"], replies
@@ -133,12 +126,5 @@ async def test_a_retried_alert_is_posted_anyway_where_the_bot_cannot_read_the_hi
         h.slack.fail("conversations.history", status=200, error="not_in_channel", times=5, channel="C0ALERTS")
         assert "Paused" in await h.command("U0ALICE", "pause support-bot looks off")
 
-        def alert_job() -> tuple[str, int] | None:
-            with h.rt.engine.connect() as conn:
-                row = conn.exec_driver_sql(
-                    "SELECT status, attempts FROM outbox_job WHERE kind = 'slack.alert'"
-                ).first()
-            return None if row is None else (str(row[0]), int(row[1]))
-
-        await eventually(lambda: alert_job() == ("done", 2), timeout=30)
+        await eventually(lambda: h.jobs("slack.alert") == [("done", 2)], timeout=30)
         assert any("paused *support-bot*" in a for a in h.alerts())

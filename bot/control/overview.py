@@ -48,7 +48,18 @@ class Home:
 
     @classmethod
     def closed_to(cls, user: str, now: datetime) -> Home:
-        return cls(user, False, False, False, [], [], 0, None, now, restricted=True)
+        return cls(
+            user=user,
+            can_pause=False,
+            can_resume=False,
+            all_paused=False,
+            agents=[],
+            categories=[],
+            pending=0,
+            oldest_pending=None,
+            now=now,
+            restricted=True,
+        )
 
 
 class Overview:

@@ -176,7 +176,7 @@ def _approve_in(
     session.flush()
     usage = caps.usage(session, rt.config, category, now)
     _cap_alerts(session, rt, category, usage, now)
-    return Outcome(message=f"Approved. Today's cap: {usage.describe()}.", final=True)
+    return Outcome(message=f"Approved. Today's cap: {usage.describe()}.", final=True, edited=action == "edit")
 
 
 def _record_decision(

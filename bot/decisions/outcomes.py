@@ -22,6 +22,7 @@ class Outcome:
 
     message: str
     final: bool  # the draft reached a decision (False: first of two approvals recorded)
+    edited: bool = False  # an approval that changed the text or the amount
 
 
 class Lost(Exception):

@@ -72,57 +72,31 @@ class _WebApiMethods:
         return {"ok": True, "channel": channel, "ts": ts, "message": _wire_message(record)}
 
     async def _conversations_history(self, params: JSON) -> JSON:
-        """Newest first, a page of `limit` at a time (`cursor` from response_metadata.next_cursor);
-        metadata only with include_all_metadata, as Slack does."""
+        """The channel's top-level messages, newest first."""
         channel = self._resolve_channel(params.get("channel"), allow_user=False)
         if channel is None:
             return _error("channel_not_found")
-        oldest = float(params.get("oldest") or 0)
-        limit = int(params.get("limit") or 100)
-        with_metadata = str(params.get("include_all_metadata")).lower() in ("1", "true")
-        found = []
-        for (ch, ts), record in sorted(self.messages.items(), key=lambda item: item[0][1], reverse=True):
-            if ch != channel or float(ts) < oldest or record.get("thread_ts") or record.get("deleted"):
-                continue
-            message = _wire_message(record)
-            if not with_metadata:
-                message.pop("metadata", None)
-            found.append(message)
-        start = int(params.get("cursor") or 0)
-        page: JSON = {
-            "ok": True,
-            "messages": found[start : start + limit],
-            "has_more": len(found) > start + limit,
-        }
-        if page["has_more"]:
-            page["response_metadata"] = {"next_cursor": str(start + limit)}
-        return page
+        records = [
+            record
+            for (ch, _), record in sorted(self.messages.items(), key=lambda item: item[0][1], reverse=True)
+            if ch == channel and not record.get("thread_ts") and not record.get("deleted")
+        ]
+        return _page(records, params, default_limit=100)
 
     async def _conversations_replies(self, params: JSON) -> JSON:
-        """The thread's parent then its replies, oldest first; metadata only on request, as history."""
+        """The thread's parent then its replies, oldest first."""
         channel = self._resolve_channel(params.get("channel"), allow_user=False)
         if channel is None:
             return _error("channel_not_found")
         parent = self.messages.get((channel, str(params.get("ts", ""))))
         if parent is None or parent.get("deleted"):
             return _error("thread_not_found")
-        oldest = float(params.get("oldest") or 0)
-        limit = int(params.get("limit") or 1000)
-        with_metadata = str(params.get("include_all_metadata")).lower() in ("1", "true")
-        thread = [parent] + [
+        replies = [
             record
             for (ch, _), record in sorted(self.messages.items(), key=lambda item: item[0][1])
             if ch == channel and record.get("thread_ts") == parent["ts"] and not record.get("deleted")
         ]
-        found = []
-        for record in thread:
-            if float(record["ts"]) < oldest:
-                continue
-            message = _wire_message(record)
-            if not with_metadata:
-                message.pop("metadata", None)
-            found.append(message)
-        return {"ok": True, "messages": found[:limit], "has_more": len(found) > limit}
+        return _page([parent, *replies], params, default_limit=1000)
 
     async def _chat_update(self, params: JSON) -> JSON:
         # chat.update needs the D… id for a DM; a U… id is not resolved here, unlike postMessage.
@@ -335,3 +309,27 @@ class _WebApiMethods:
     def _store_version(self, record: JSON, params: JSON) -> None:
         record["history"].append({k: record.get(k) for k in ("text", "blocks", "attachments", "metadata")})
         _apply_content(record, params, replacing=True)
+
+
+def _page(records: list[JSON], params: JSON, *, default_limit: int) -> JSON:
+    """A conversations.* answer: messages from `oldest` on, a page of `limit` at a time (`cursor`
+    from response_metadata.next_cursor), metadata only with include_all_metadata, as Slack does."""
+    oldest = float(params.get("oldest") or 0)
+    with_metadata = str(params.get("include_all_metadata")).lower() in ("1", "true")
+    found = []
+    for record in records:
+        if float(record["ts"]) < oldest:
+            continue
+        message = _wire_message(record)
+        if not with_metadata:
+            message.pop("metadata", None)
+        found.append(message)
+    start, limit = int(params.get("cursor") or 0), int(params.get("limit") or default_limit)
+    page: JSON = {
+        "ok": True,
+        "messages": found[start : start + limit],
+        "has_more": len(found) > start + limit,
+    }
+    if page["has_more"]:
+        page["response_metadata"] = {"next_cursor": str(start + limit)}
+    return page
