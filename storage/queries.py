@@ -118,7 +118,13 @@ def reserve_cap(
     row = session.execute(
         sa.update(cap_t)
         .where(*conditions)
-        .values(count_used=cap_t.c.count_used + 1, amount_used_minor=cap_t.c.amount_used_minor + amount_minor)
+        .values(
+            count_used=cap_t.c.count_used + 1,
+            amount_used_minor=cap_t.c.amount_used_minor + amount_minor,
+            # With them, the row's CHECK (cap_usage_within_cap) holds usage to these caps.
+            count_cap=count_cap,
+            amount_cap_minor=amount_cap_minor,
+        )
         .returning(cap_t.c.count_used, cap_t.c.amount_used_minor)
     ).first()
     return (row[0], row[1]) if row else None

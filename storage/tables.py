@@ -218,12 +218,23 @@ class CapUsage(SQLModel, table=True):
     __tablename__ = "cap_usage"
     __table_args__ = (
         sa.CheckConstraint("count_used >= 0 AND amount_used_minor >= 0", name="cap_usage_nonneg"),
+        # The database's own guard (AC-07): usage never exceeds the caps in force when it was
+        # taken, whatever a future code path does. Lowering a cap below today's usage is allowed:
+        # it only stops further reservations, which would have to satisfy the new cap.
+        sa.CheckConstraint(
+            "(count_cap IS NULL OR count_used <= count_cap)"
+            " AND (amount_cap_minor IS NULL OR amount_used_minor <= amount_cap_minor)",
+            name="cap_usage_within_cap",
+        ),
     )
 
     scope: str = Field(primary_key=True, max_length=100)
     day: str = Field(primary_key=True, max_length=10)  # YYYY-MM-DD in the configured zone
     count_used: int = 0
     amount_used_minor: int = Field(default=0, sa_type=sa.BigInteger)
+    # The caps the latest reservation was granted under (None: no cap), written with it.
+    count_cap: int | None = None
+    amount_cap_minor: int | None = Field(default=None, sa_type=sa.BigInteger)
     alerted_80: bool = False
     alerted_100: bool = False
 

@@ -5,6 +5,7 @@ first, then the draft row) deadlocked in most trials (reliability check AC-05)."
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ TRIALS = 25
 
 def _act(env: dict[str, str], role: str, ids: list[str], barrier: Any, answers: Any) -> None:
     """One racing process: for each draft, at the same moment as the other process, approve it,
-    reject it, or switch its category to manual (and back to review after the trial)."""
+    edit and approve it, reject it, or switch its category to manual (and back to review after the
+    trial)."""
     from bot.control import Control
 
     settings = load_settings(env)
@@ -43,6 +45,16 @@ def _act(env: dict[str, str], role: str, ids: list[str], barrier: Any, answers: 
                     user="U0ALICE",
                     reviewers=REVIEWERS,
                     reviewer=policy.Reviewer("U0ALICE"),
+                )
+            elif role == "edit":
+                decisions.approve(
+                    rt,
+                    draft_id=draft_id,
+                    version=1,
+                    user="U0BOB",
+                    reviewers=REVIEWERS,
+                    reviewer=policy.Reviewer("U0BOB"),
+                    edited_body="It ships on Tuesday.",
                 )
             elif role == "reject":
                 decisions.reject(
@@ -168,4 +180,41 @@ def test_an_approval_racing_a_switch_to_manual_commits_before_it_or_not_at_all(
             assert approved[draft_id] < switches[n], (draft_id, approved[draft_id], switches[n])
         else:
             assert draft_id not in approved
+    assert audit.verify(rt.engine).ok
+
+
+def test_an_edit_racing_an_approval_decides_each_draft_once(db_url: str, tmp_path: Path, rt: Runtime) -> None:
+    # AC-05's "edit vs approve": Bob's edited version and Alice's approval of version 1 arrive at
+    # once. One of them decides the draft; the other is told it was already decided; the approved
+    # text is exactly the winner's, and the edit's diff is posted only when the edit won.
+    ids = _drafts(rt, 20)
+    results = _race(make_env(db_url, write_config(tmp_path)), ids, ("approve", "edit"))
+
+    assert [a for a in results["approve"] + results["edit"] if a not in ("won", "refused")] == []
+    for n in range(len(ids)):
+        assert sorted((results["approve"][n], results["edit"][n])) == ["refused", "won"], n
+    with rt.engine.connect() as conn:
+        drafts = dict(conn.execute(sa.text("SELECT id, status FROM draft")).all())
+        bodies = {
+            row[0]: row[1]
+            for row in conn.execute(sa.text("SELECT id, coalesce(approved_body, body) FROM draft")).all()
+        }
+        approved = conn.execute(
+            sa.text("SELECT subject, actor FROM audit_event WHERE action = 'draft.approved'")
+        ).all()
+        diffs = [
+            json.loads(row[0])["draft_id"]
+            for row in conn.execute(
+                sa.text("SELECT payload FROM outbox_job WHERE kind = 'slack.thread'")
+            ).all()
+        ]
+    assert set(drafts.values()) == {"approved"}
+    assert sorted(subject for subject, _ in approved) == sorted(ids)  # one approval event per draft
+    winners = dict(approved)
+    for n, draft_id in enumerate(ids):
+        edit_won = results["edit"][n] == "won"
+        assert winners[draft_id] == ("slack:U0BOB" if edit_won else "slack:U0ALICE")
+        assert bodies[draft_id] == ("It ships on Tuesday." if edit_won else "It ships on Monday.")
+    # The edit's diff is posted in the draft's thread only where the edit won, once.
+    assert sorted(diffs) == sorted(draft_id for n, draft_id in enumerate(ids) if results["edit"][n] == "won")
     assert audit.verify(rt.engine).ok

@@ -1,0 +1,57 @@
+"""Migrations carry an existing database forward with its rows, and back (both databases)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from sqlalchemy.engine import Engine
+
+from storage import migrate
+from storage.db import create_db_engine
+
+USAGE = {"scope": "category:refund", "day": "2026-11-24", "count_used": 3, "amount_used_minor": 9000}
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = create_db_engine(db_url, pool_size=1)
+    yield engine
+    engine.dispose()
+
+
+def _alembic(engine: Engine, verb: str, revision: str) -> None:
+    config = migrate.alembic_config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        getattr(command, verb)(config, revision)
+
+
+def test_0002_keeps_todays_usage_and_then_holds_it_to_the_caps(engine: Engine) -> None:
+    _alembic(engine, "upgrade", "0001")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO cap_usage (scope, day, count_used, amount_used_minor, alerted_80, alerted_100)"
+                " VALUES (:scope, :day, :count_used, :amount_used_minor, false, false)"
+            ),
+            USAGE,
+        )
+    migrate.upgrade(engine)
+    assert migrate.is_current(engine)
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT count_used, amount_used_minor, count_cap, amount_cap_minor FROM cap_usage")
+        )
+        assert [tuple(r) for r in row] == [(3, 9000, None, None)]
+    # Usage taken before the upgrade has no recorded cap; the first reservation after it records one.
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(sa.text("UPDATE cap_usage SET count_cap = 2"))
+
+    _alembic(engine, "downgrade", "0001")
+    with engine.connect() as conn:
+        assert [
+            tuple(r) for r in conn.execute(sa.text("SELECT count_used, amount_used_minor FROM cap_usage"))
+        ] == [(3, 9000)]
