@@ -1,6 +1,7 @@
 """Ack benchmark: a signed Approve click, Countersign against a bare Bolt app, same run.
 
-Usage: `.venv/bin/python -m bench.ack [--samples 300] [--warmup 30]` (from the repository root).
+Usage: `.venv/bin/python -m bench.ack [--samples 300] [--warmup 30]` (from the repository root);
+`--slow-database 500 --samples 200` measures acks with PostgreSQL 500 ms away (run_slow_database).
 
 It starts, each in its own process: the Slack Web API double (tests/doubles/slack_api/), an
 executor that answers 200 (tests/processes.py), the real server (`python -m bot serve`) on a fresh
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import re
+import secrets
 import socket
 import sqlite3
 import statistics
@@ -43,15 +45,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bench.latency_proxy import LatencyProxy
 from handlers import ids
 from tests.conftest import BOT_TOKEN, SIGNING_SECRET
 from tests.doubles import signing
-from tests.processes import REVIEWERS, Cluster, child_env, free_port, guarded, wait_for
+from tests.processes import REVIEWERS, Cluster, ServerProcess, child_env, free_port, guarded, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = [f"refund{n:02d}" for n in range(40)]
@@ -267,6 +271,93 @@ def run(samples: int, warmup: int) -> None:
     print(f"drafts approved: {decided}/{total}")
 
 
+def run_slow_database(samples: int, pg_url: str, latency: float, drain: float = 300.0) -> None:
+    """AC-13: the same clicks against a server whose PostgreSQL answers `latency` seconds late
+    (bench/latency_proxy.py between them). The drafts are submitted and posted before the latency
+    is switched on; then the clicks go one at a time without waiting for their decisions, which
+    queue behind each other on the audit chain's lock, as clicks arriving at a slow database would.
+    Then it waits up to `drain` seconds for every clicker's answer and counts what they were told."""
+    # A database of its own: the audit chain's advisory lock is per database, and clicks queued
+    # behind a slow one would hold it for minutes against anything else using the same database.
+    name = f"countersign_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    parts = urllib.parse.urlsplit(pg_url)
+    direct = parts._replace(path=f"/{name}").geturl()
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="cs-ack-slow-") as tmp,
+            Cluster.running(direct, Path(tmp), edit_config=bench_config, show_logs=False) as cluster,
+            LatencyProxy((parts.hostname or "127.0.0.1", parts.port or 5432)) as proxy,
+        ):
+            proxied = parts._replace(
+                netloc=f"{parts.username or 'postgres'}@127.0.0.1:{proxy.port}", path=f"/{name}"
+            ).geturl()
+            env = cluster.env() | {"COUNTERSIGN_DATABASE_URL": proxied}
+            server = ServerProcess("server-slow-db", env, Path(tmp) / "server.log")
+            cluster.servers.append(server)
+            server.start()
+            token = cluster.add_agent("bench-bot", categories=CATEGORIES)
+            with ThreadPoolExecutor(8) as pool:
+                drafts = list(
+                    pool.map(
+                        lambda n: cluster.submit(
+                            server, token, category=CATEGORIES[n % len(CATEGORIES)], amount="5.00"
+                        )["id"],
+                        range(samples),
+                    )
+                )
+            wait_for(
+                lambda: cluster.scalar("SELECT count(*) FROM draft WHERE slack_ts IS NULL") == 0,
+                timeout=120,
+                what="every draft to be posted",
+            )
+            proxy.delay = latency
+            ours = Target(server.url)
+            ack = Series(f"countersign: request → ack (+{latency * 1000:.0f} ms DB)")
+            paths = []
+            began_all = time.perf_counter()
+            for n, draft_id in enumerate(drafts):
+                request, path = cluster.approve_click(REVIEWERS[n % len(REVIEWERS)], draft_id)
+                paths.append(path)
+                began = time.perf_counter()
+                status = ours.post(request)
+                if status == 200:
+                    ack.seconds.append(time.perf_counter() - began)
+                else:
+                    ack.errors += 1
+            clicking = time.perf_counter() - began_all
+            # Then the decisions drain at the database's pace: wait for every clicker's answer.
+            answers = {r["path"]: str((r.get("json") or {}).get("text")) for r in cluster.slack.responses()}
+            deadline = time.monotonic() + drain
+            while len(set(paths) & set(answers)) < len(paths) and time.monotonic() < deadline:
+                time.sleep(1)
+                answers = {
+                    r["path"]: str((r.get("json") or {}).get("text")) for r in cluster.slack.responses()
+                }
+            drained = time.perf_counter() - began_all
+            texts = [answers.get(path) for path in paths]
+            approved = sum(1 for text in texts if text and text.startswith("Approved."))
+            other = sorted({text[:80] for text in texts if text and not text.startswith("Approved.")})
+            decided = cluster.scalar("SELECT count(*) FROM draft WHERE status IN ('approved', 'executed')")
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+    print(
+        f"ack with a slow database: {samples} signed Approve clicks, one at a time, each on its own draft;"
+        f" countersign on PostgreSQL through a proxy adding {latency * 1000:.0f} ms to every round trip"
+    )
+    print(f"{'series':<36}{'n':>5}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}")
+    print(ack.row())
+    print(
+        f"clicks sent in {clicking:.1f} s; answers: {approved} approved, {len(paths) - approved} other"
+        f" ({sum(t is None for t in texts)} missing) after {drained:.0f} s; drafts decided: {decided}/{samples}"
+    )
+    for text in other:
+        print(f"  other answer: {text}")
+
+
 def _listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -279,11 +370,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=300, help="measured clicks per target")
     parser.add_argument("--warmup", type=int, default=30, help="unmeasured clicks per target first")
+    parser.add_argument(
+        "--slow-database",
+        metavar="MS",
+        type=float,
+        help="instead: acks with PostgreSQL answering MS ms late (needs --database-url)",
+    )
+    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--bare-bolt", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--slack-api", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_bolt:
         serve_bare_bolt(args.bare_bolt, args.slack_api)
+        return
+    if args.slow_database is not None:
+        run_slow_database(args.samples, args.database_url, args.slow_database / 1000)
         return
     run(args.samples, args.warmup)
 

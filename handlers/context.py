@@ -17,8 +17,9 @@ from bot.runtime import Runtime
 log = logging.getLogger(__name__)
 
 KEY = "countersign"
-# Slack gives up on an ack after 3 s (and Bolt stops waiting for one): leave room for the network.
-ACK_BUDGET = 2.5
+# Slack gives up on an ack after 3 s; the reliability checks ask for p99 under 1 s even with a slow
+# database (AC-13). Past this, the ack goes first and the answer follows once the change commits.
+ACK_BUDGET = 0.75
 
 T = TypeVar("T")
 
@@ -49,6 +50,6 @@ async def ack_when_done(ack: AsyncAck, work: Awaitable[T], *, late_text: str | N
         await ack(text=late_text, response_type="ephemeral")
     if not done:
         log.warning(
-            "a Slack interaction took over %.1f s: acknowledged before its change committed", ACK_BUDGET
+            "a Slack interaction took over %.2f s: acknowledged before its change committed", ACK_BUDGET
         )
     return await task

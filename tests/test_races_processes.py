@@ -3,7 +3,7 @@
 The Slack double and the executor run in processes of their own (tests/processes.py); every click
 and slash command is a signed request POSTed to /slack/events of one of the two servers, so the
 races are decided by the database, as they would be between replicas (DESIGN.md invariants 2-4;
-reliability checks AC-04, AC-07, AC-14). A SQLite file shared by two servers is safe: every
+reliability checks AC-04, AC-07, AC-09, AC-14). A SQLite file shared by two servers is safe: every
 writing transaction is BEGIN IMMEDIATE.
 """
 
@@ -16,12 +16,13 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from standardwebhooks import Webhook
 
 from tests.conftest import EXECUTOR_SECRET
-from tests.processes import REVIEWERS, Cluster, fire, wait_for
+from tests.processes import REVIEWERS, Cluster, ServerProcess, fire, wait_for
 
 ClusterFactory = Callable[..., Cluster]
 
@@ -154,6 +155,43 @@ def test_concurrent_approvals_on_two_servers_never_exceed_the_cap(
     decided = _count(c, "SELECT count(*) FROM draft WHERE status IN ('approved', 'executed')")
     assert decided == granted
     assert _count(c, "SELECT count(*) FROM draft WHERE status = 'pending'") == drafts - granted
+
+
+# -- AC-09: replicas in different host time zones ----------------------------------------------
+
+# 25 hours apart: at every instant these two hosts' local calendar dates differ.
+HOST_ZONES = ("Pacific/Kiritimati", "Pacific/Pago_Pago")
+
+
+def test_replicas_in_different_host_time_zones_count_caps_on_the_same_business_day(
+    cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    c = cluster()
+    servers = []
+    for zone in HOST_ZONES:
+        server = ServerProcess(
+            f"server-{zone.split('/')[1]}", c.env() | {"TZ": zone}, tmp_path / f"{zone[8:]}.log"
+        )
+        c.servers.append(server)
+        servers.append(server.start())
+    token = c.add_agent()
+    business = ZoneInfo("America/New_York")  # the config's `timezone`
+    before = datetime.now(UTC).astimezone(business).date().isoformat()
+    ids = [c.submit(servers[n % 2], token)["id"] for n in range(4)]
+    clicks, paths = [], []
+    for n, draft_id in enumerate(ids):
+        request, path = c.approve_click(REVIEWERS[n % len(REVIEWERS)], draft_id)
+        clicks.append((f"{servers[n % 2].url}/slack/events", request))
+        paths.append(path)
+    assert [status for status, _ in fire(clicks, processes=2)] == [200] * len(ids)
+    texts = [answer["text"] for answer in c.responses(paths).values()]
+    assert all(text.startswith("Approved.") for text in texts), texts
+    after = datetime.now(UTC).astimezone(business).date().isoformat()
+
+    days = {row[0] for row in c.rows("SELECT reservation_day FROM draft")}
+    usage = c.rows("SELECT scope, day, count_used FROM cap_usage")
+    assert len(days) == 1 and days <= {before, after}, (days, before, after)
+    assert usage == [("category:refund", days.pop(), 4)], usage
 
 
 # -- AC-14: pause against queued and in-flight executions --------------------------------------

@@ -1,0 +1,84 @@
+"""A database too slow to commit within the ack budget (reliability check AC-13): Slack still gets
+its ack in time, the user is told the change is still applying, and the change lands and is
+reported once the database lets it through (both databases).
+
+The slowness is a lock the test holds in another process, one the decision must take: SQLite's
+write lock (BEGIN IMMEDIATE), PostgreSQL's audit chain lock (storage/rawsql.py). That makes the
+order observable without timing anything: the acks come back while the lock is held, so they
+cannot have waited for the commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from storage.db import normalize_url
+from storage.rawsql import AUDIT_CHAIN_LOCK
+from tests.processes import Cluster, wait_for
+
+
+@contextlib.contextmanager
+def commits_held(db_url: str) -> Iterator[None]:
+    """Hold, from this process, the lock every audited change needs, until the block ends."""
+    if db_url.startswith("sqlite"):
+        import sqlite3
+
+        db = sqlite3.connect(normalize_url(db_url).removeprefix("sqlite:///"), isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        return
+    with psycopg.connect(db_url.split("?")[0], autocommit=True) as conn:
+        conn.execute(f"SELECT pg_advisory_lock({AUDIT_CHAIN_LOCK})")
+        try:
+            yield
+        finally:
+            conn.execute(f"SELECT pg_advisory_unlock({AUDIT_CHAIN_LOCK})")
+
+
+@pytest.fixture
+def cluster(db_url: str, tmp_path: Path) -> Iterator[Cluster]:
+    with Cluster.running(db_url, tmp_path) as c:
+        yield c
+
+
+def test_acks_go_out_while_the_database_holds_the_commit_and_the_answers_follow(
+    cluster: Cluster, db_url: str
+) -> None:
+    [server] = cluster.start_servers(1)
+    token = cluster.add_agent()
+    draft_id = cluster.submit(server, token)["id"]
+    wait_for(
+        lambda: cluster.scalar("SELECT slack_ts FROM draft WHERE id = :id", id=draft_id) is not None,
+        what="the draft's post",
+    )
+    approve, approve_path = cluster.approve_click("U0ALICE", draft_id)
+    pause, pause_path = cluster.command_request("U0BOB", "pause support-bot looks wrong")
+
+    with commits_held(db_url):
+        status, body = server.post("/slack/events", approve.body, approve.headers)
+        assert (status, body) == (200, b"")
+        status, body = server.post("/slack/events", pause.body, pause.headers)
+        assert status == 200
+        assert json.loads(body) == {
+            "text": "Still applying it (the database is slow); the answer follows.",
+            "response_type": "ephemeral",
+        }
+        # Acked, and still nothing committed: the lock is held.
+        assert cluster.scalar("SELECT status FROM draft WHERE id = :id", id=draft_id) == "pending"
+        assert cluster.scalar("SELECT state FROM agent WHERE name = 'support-bot'") == "active"
+
+    answers = cluster.responses([approve_path, pause_path])
+    assert answers[approve_path]["text"].startswith("Approved."), answers
+    assert "support-bot" in answers[pause_path]["text"] and "paused" in answers[pause_path]["text"].lower()
+    assert cluster.scalar("SELECT status FROM draft WHERE id = :id", id=draft_id) in ("approved", "executed")
+    assert cluster.scalar("SELECT state FROM agent WHERE name = 'support-bot'") == "paused"
