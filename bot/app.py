@@ -22,6 +22,7 @@ from bot import slack_app as slack_app_module
 from bot.agents import TokenCache
 from bot.aireview import AIReviewJobs
 from bot.control import Control
+from bot.dbclock import DatabaseClock
 from bot.intake import IntakeWriter
 from bot.metrics import Metrics
 from bot.outbox import Worker
@@ -88,10 +89,14 @@ def build_runtime(settings: Settings, options: Options) -> Runtime:
     engine = create_db_engine(settings.database_url)
     if options.migrate:
         migrate.upgrade(engine)
+    clock = options.clock
+    if clock is utcnow:  # production: the database's clock, so replicas agree on time (AC-09)
+        clock = DatabaseClock(engine)
+        clock.measure(force=True)
     return Runtime(
         engine=engine,
         config=settings.config,
-        clock=options.clock,
+        clock=clock,
         executor_attempts=options.executor_attempts,
     )
 
@@ -100,6 +105,8 @@ async def schedules(rt: Runtime, control: Control, every: float, stop: asyncio.E
     """Timers every replica runs; each effect is a conditional transition, so it happens once."""
     while not stop.is_set():
         try:
+            if isinstance(rt.clock, DatabaseClock):
+                await asyncio.to_thread(rt.clock.measure)
             await asyncio.to_thread(decisions.expire_due, rt)
             await asyncio.to_thread(control.revert_lapsed)
             await asyncio.to_thread(watchdogs.check_heartbeats, rt)

@@ -42,12 +42,15 @@ def settings_or_exit() -> Settings:
 
 
 def runtime(settings: Settings) -> Runtime:
+    from bot.dbclock import DatabaseClock
     from storage import migrate
     from storage.db import create_db_engine
 
     engine = create_db_engine(settings.database_url)
     migrate.upgrade(engine)
-    return Runtime(engine=engine, config=settings.config)
+    clock = DatabaseClock(engine)
+    clock.measure(force=True)
+    return Runtime(engine=engine, config=settings.config, clock=clock)
 
 
 @app.command()
