@@ -154,11 +154,30 @@ class Worker:
             await self._failed(job, f"{type(exc).__name__}: {exc}", retry=True)
         else:
             self._count(job, "delivered")
-            await asyncio.to_thread(self._finish, job)
+            await self._record(job, "its delivery", lambda: self._finish(job))
 
     def _finish(self, job: OutboxJob) -> None:
         with transaction(self.rt.engine) as session:
             queries.finish_job(session, job.id, worker=self.worker_id, now=self.rt.clock())  # type: ignore[arg-type]
+
+    async def _record(self, job: OutboxJob, what: str, record: Callable[[], None]) -> bool:
+        """Write down how an attempt ended; False when the database failed (a dropped connection).
+
+        The job then stays leased to this worker and runs again once the lease ends, as if this
+        process had died: the error is logged here, not left in a task nobody awaits.
+        """
+        try:
+            await asyncio.to_thread(record)
+        except Exception as exc:
+            log.warning(
+                "outbox job %s (%s): could not record %s (%r); it runs again when its lease ends",
+                job.id,
+                job.kind,
+                what,
+                exc,
+            )
+            return False
+        return True
 
     async def _failed(
         self, job: OutboxJob, error: str, *, retry: bool, retry_after: float | None = None
@@ -180,7 +199,8 @@ class Worker:
                     now=now,
                 )
 
-        await asyncio.to_thread(record)
+        if not await self._record(job, "its failure", record):
+            return  # not given up yet: the next attempt decides again
         if retry_at is None:
             log.error(
                 "outbox job %s (%s) gave up after %s attempts: %s", job.id, job.kind, job.attempts, error

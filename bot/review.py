@@ -68,7 +68,9 @@ def fail_closed(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         except SQLAlchemyError:
             log.exception("control state unreadable")
             raise DecisionRefused(
-                "Countersign cannot read its control state right now, so nothing was approved or executed."
+                "Countersign cannot read its control state right now: this was not approved or executed"
+                " unless the draft's message comes to say so (a commit whose answer was lost). Clicking"
+                " again is safe: a draft is never approved twice."
             ) from None
 
     return wrapper

@@ -72,7 +72,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except (OperationalError, ProgrammingError, InterfaceError):
         # Fail closed: without the control state (pause, modes, caps) nothing is accepted or decided.
         log.exception("database unavailable")
-        return error_response(Unavailable("the control state cannot be read; nothing was changed"))
+        return error_response(
+            Unavailable(
+                "the control state cannot be read; the request most likely did not take effect:"
+                " retry it with the same Idempotency-Key"
+            )
+        )
     except asyncio.CancelledError:
         raise
     except Exception:

@@ -138,6 +138,9 @@ def _names(columns: tuple[str, ...]) -> str:
 
 
 AUDIT_CHAIN_LOCK = 7320190  # the PostgreSQL advisory lock key of the audit chain
+# Advisory locks belong to the whole database: the second key is the schema, so deployments (and
+# test schemas) sharing one database each lock their own chain, not everyone's.
+AUDIT_CHAIN_LOCK_KEYS = f"{AUDIT_CHAIN_LOCK}, hashtext(current_schema())"
 
 
 AUDIT_LOCKED = "countersign.audit_chain_locked"  # session.info key: this transaction holds the lock
@@ -152,5 +155,5 @@ def lock_audit_chain(session: Session) -> None:
         return
     db = RawCursor.of(session)
     if db.postgresql:
-        db.run(f"SELECT pg_advisory_xact_lock({AUDIT_CHAIN_LOCK})")
+        db.run(f"SELECT pg_advisory_xact_lock({AUDIT_CHAIN_LOCK_KEYS})")
     session.info[AUDIT_LOCKED] = True

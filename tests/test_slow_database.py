@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from storage.db import normalize_url
-from storage.rawsql import AUDIT_CHAIN_LOCK
+from storage.rawsql import AUDIT_CHAIN_LOCK_KEYS
 from tests.processes import Cluster, wait_for
 
 
@@ -37,12 +37,12 @@ def commits_held(db_url: str) -> Iterator[None]:
             db.execute("ROLLBACK")
             db.close()
         return
-    with psycopg.connect(db_url.split("?")[0], autocommit=True) as conn:
-        conn.execute(f"SELECT pg_advisory_lock({AUDIT_CHAIN_LOCK})")
+    with psycopg.connect(db_url, autocommit=True) as conn:  # in the test's schema: the lock is per schema
+        conn.execute(f"SELECT pg_advisory_lock({AUDIT_CHAIN_LOCK_KEYS})")
         try:
             yield
         finally:
-            conn.execute(f"SELECT pg_advisory_unlock({AUDIT_CHAIN_LOCK})")
+            conn.execute(f"SELECT pg_advisory_unlock({AUDIT_CHAIN_LOCK_KEYS})")
 
 
 @pytest.fixture

@@ -78,7 +78,8 @@ class Control(Switches, Overview):
         except SQLAlchemyError:
             log.exception("control state unreadable")
             return (
-                ":warning: Countersign cannot read or write its control state right now; nothing was changed."
+                ":warning: Countersign cannot read or write its control state right now; the change"
+                " was most likely not made (`/agent status` shows where things stand)."
             )
 
     async def _run(self, *, user: str, text: str) -> str:
