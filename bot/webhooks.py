@@ -43,10 +43,17 @@ RETRYABLE_STATUS = frozenset({408, 425, 429})
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The Standard Webhooks signature header value, `v1,<base64 HMAC-SHA256>`."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+    """The Standard Webhooks signature header value, `v1,<base64 HMAC-SHA256>`.
+
+    `secret` may hold several secrets separated by spaces, as an executor's `secret_env` does
+    during a rotation (the new one and the old one): the header then carries one signature per
+    secret, space-separated, and a receiver holding either secret verifies the message.
+    """
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return " ".join(
+        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        for key in (base64.b64decode(one.removeprefix("whsec_")) for one in secret.split())
+    )
 
 
 def signed_headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:

@@ -371,6 +371,27 @@ executor = { url = "https://billing.internal/refunds", secret_env = "REFUND_EXEC
     assert "whsec_" in found["categories.refund.executor.secret_env"]
 
 
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        (f"{SECRET} whsec_bmV3LXNlY3JldC1mb3Itcm90YXRpb24=", True),  # new and old, mid-rotation
+        (f"  {SECRET}\n", True),
+        (f"{SECRET} hunter2", False),  # every part must be a secret
+        ("   ", False),  # blank is unset
+    ],
+)
+def test_an_executor_secret_may_be_two_during_a_rotation(tmp_path: Path, value: str, ok: bool) -> None:
+    text = """
+[categories.refund]
+channel = "C01"
+reviewers = ["U01"]
+executor = { url = "https://billing.internal/refunds", secret_env = "REFUND_EXECUTOR_SECRET" }
+"""
+    found = messages(check_config(write(tmp_path, text), {"REFUND_EXECUTOR_SECRET": value}))
+
+    assert ("categories.refund.executor.secret_env" not in found) is ok, found
+
+
 def test_check_config_returns_one_problem_when_the_file_is_missing(tmp_path: Path) -> None:
     problems = check_config(tmp_path / "absent.toml", {})
 

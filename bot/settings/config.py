@@ -141,9 +141,10 @@ def _executor(r: Reader, fields: Fields) -> Executor | None:
     if env_name is None:
         return None
     secret = r.env.get(env_name, "")
-    if not secret:
+    if not secret.strip():
         r.add(f"{key}.secret_env", f"environment variable {env_name} is not set")
-    elif not _is_webhook_secret(secret):
+    elif not all(_is_webhook_secret(one) for one in secret.split()):
+        # Several, space-separated, during a rotation: each delivery is signed with every one.
         r.add(f"{key}.secret_env", f"{env_name} is not a Standard Webhooks secret (whsec_ then base64)")
     return Executor(url=url or "", secret_env=env_name, secret=secret)
 

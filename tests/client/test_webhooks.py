@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -49,6 +50,24 @@ def test_verify_rejects_tampering_staleness_and_missing_headers() -> None:
         verify_webhook(EXECUTOR_SECRET, BODY, {"webhook-id": "d_1"})
     upper = {k.upper(): v for k, v in headers.items()}
     assert verify_webhook(EXECUTOR_SECRET, BODY, upper).id == "d_1"
+
+
+def test_during_a_rotation_both_secrets_verify_and_no_other() -> None:
+    # The executor's secret_env holds "new old" while receivers move to the new secret.
+    new, old = "whsec_" + base64.b64encode(b"n" * 24).decode(), EXECUTOR_SECRET
+    headers = signed_headers(f"{new} {old}", "d_1", int(time.time()), BODY)
+    assert len(headers["webhook-signature"].split()) == 2
+    for secret in (new, old):
+        assert Webhook(secret).verify(BODY, headers)["draft_id"] == "d_1"
+        assert verify_webhook(secret, BODY, headers).id == "d_1"
+    with pytest.raises(WebhookVerificationError, match="signature"):
+        verify_webhook("whsec_" + "A" * 32, BODY, headers)
+    with pytest.raises(WebhookVerificationError, match="signature"):
+        verify_webhook(new, BODY.replace(b"30.00", b"3000.00"), headers)
+    # After the rotation, the old secret alone no longer verifies what the new one signs.
+    after = signed_headers(new, "d_1", int(time.time()), BODY)
+    with pytest.raises(WebhookVerificationError, match="signature"):
+        verify_webhook(old, BODY, after)
 
 
 def test_unsigned_idempotency_header_cannot_change_the_dedup_key() -> None:
