@@ -184,6 +184,10 @@ class WebhookJobs:
                 draft.id,
                 where={"status": "approved"},
                 execution_attempts=draft.execution_attempts + 1,
+                # The previous attempt was sent and its outcome never recorded (a crash, or a
+                # database failure after the executor answered): it may have taken effect.
+                execution_ambiguous=draft.execution_ambiguous or draft.execution_in_flight,
+                execution_in_flight=True,
             )
             approvers = session.exec(
                 select(Decision.by).where(Decision.draft_id == draft.id, Decision.action != "reject")
@@ -202,7 +206,11 @@ class WebhookJobs:
 
     def _note(self, draft_id: str, error: str, *, ambiguous: bool, executor_failed: bool = True) -> None:
         with transaction(self.rt.engine, audited=True) as session:  # the breaker may trip
-            values: dict[str, Any] = {"execution_last_error": error[:500], "updated_at": self.rt.clock()}
+            values: dict[str, Any] = {
+                "execution_last_error": error[:500],
+                "execution_in_flight": False,
+                "updated_at": self.rt.clock(),
+            }
             if ambiguous:
                 values["execution_ambiguous"] = True
             queries.update_draft(session, draft_id, where={"status": "approved"}, **values)
@@ -248,16 +256,17 @@ class WebhookJobs:
             now=now,
         )
 
-    def _finish(self, draft_id: str, *, ok: bool, error: str | None) -> None:
+    def _finish(self, draft_id: str, *, ok: bool, error: str | None, answered: bool = True) -> None:
         """Record the execution's end. A refusal that follows an attempt whose answer never came
         says nothing about that attempt (it may have taken effect): the outcome is unknown, the
-        draft needs reconciliation and its cap reservation stays."""
+        draft needs reconciliation and its cap reservation stays. `answered=False` is a give-up
+        with no answer to the last attempt: if that one was sent and never recorded, it is unknown too."""
         now = self.rt.clock()
         with transaction(self.rt.engine, audited=True) as session:
             draft = session.get(Draft, draft_id)
             if draft is None:
                 return
-            unknown = not ok and draft.execution_ambiguous
+            unknown = not ok and (draft.execution_ambiguous or (not answered and draft.execution_in_flight))
             to = "executed" if ok else ("needs_reconciliation" if unknown else "failed")
             moved = queries.transition(
                 session,
@@ -266,6 +275,7 @@ class WebhookJobs:
                 to=to,
                 updated_at=now,
                 execution_status="succeeded" if ok else to,
+                execution_in_flight=False,
                 execution_last_error=error[:500] if error else draft.execution_last_error if not ok else None,
             )
             if not moved:
@@ -309,7 +319,11 @@ class WebhookJobs:
 
         # Failed, or unknown when an attempt's answer never came (_finish tells them apart).
         await asyncio.to_thread(
-            self._finish, draft_id, ok=False, error=f"gave up after {job.attempts} attempts: {error}"
+            self._finish,
+            draft_id,
+            ok=False,
+            error=f"gave up after {job.attempts} attempts: {error}",
+            answered=False,
         )
 
     async def callback(self, job: OutboxJob) -> None:

@@ -132,6 +132,9 @@ class Draft(SQLModel, table=True):
     execution_attempts: int = 0
     execution_last_error: str | None = None
     execution_ambiguous: bool = False  # an attempt was sent but got no answer: outcome unknown
+    # An attempt was sent and its outcome is not recorded yet; still set when the next attempt
+    # begins (the process died, or the database failed, before the record): that one is unknown too.
+    execution_in_flight: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
     expires_at: datetime = _utc()
     created_at: datetime = _utc()
     updated_at: datetime = _utc()
