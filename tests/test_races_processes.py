@@ -190,8 +190,9 @@ def test_replicas_in_different_host_time_zones_count_caps_on_the_same_business_d
 
     days = {row[0] for row in c.rows("SELECT reservation_day FROM draft")}
     usage = c.rows("SELECT scope, day, count_used FROM cap_usage")
-    assert len(days) == 1 and days <= {before, after}, (days, before, after)
-    assert usage == [("category:refund", days.pop(), 4)], usage
+    # One business day (two only if the test ran across New York's midnight), whatever host ran it.
+    assert days <= {before, after} and len(days) <= len({before, after}), (days, before, after)
+    assert {day for _, day, _ in usage} == days and sum(n for _, _, n in usage) == 4, usage
 
 
 # -- AC-14: pause against queued and in-flight executions --------------------------------------
