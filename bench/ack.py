@@ -145,6 +145,22 @@ class Target:
             return 0
 
 
+def submit_drafts(cluster: Cluster, server: ServerProcess, token: str, count: int) -> list[str]:
+    """`count` 5.00 refunds through the agent API, spread over the categories (so Slack's
+    per-channel pace does not hold their posts up); their ids."""
+    with ThreadPoolExecutor(8) as pool:
+        return list(
+            pool.map(
+                lambda n: str(
+                    cluster.submit(server, token, category=CATEGORIES[n % len(CATEGORIES)], amount="5.00")[
+                        "id"
+                    ]
+                ),
+                range(count),
+            )
+        )
+
+
 def click(cluster: Cluster, n: int, draft_id: str) -> signing.SignedRequest:
     request, _ = cluster.approve_click(REVIEWERS[n % len(REVIEWERS)], draft_id)
     return request
@@ -202,15 +218,7 @@ def run(samples: int, warmup: int) -> None:
             stderr=subprocess.STDOUT,
         )
         try:
-            with ThreadPoolExecutor(8) as pool:
-                drafts = list(
-                    pool.map(
-                        lambda n: cluster.submit(
-                            server, token, category=CATEGORIES[n % len(CATEGORIES)], amount="5.00"
-                        )["id"],
-                        range(total),
-                    )
-                )
+            drafts = submit_drafts(cluster, server, token, total)
             db = sqlite3.connect(str(Path(tmp) / "countersign.db"), isolation_level=None)
             wait_for(
                 lambda: db.execute("SELECT count(*) FROM draft WHERE slack_ts IS NULL").fetchone()[0] == 0,
@@ -298,15 +306,7 @@ def run_slow_database(samples: int, pg_url: str, latency: float, drain: float = 
             cluster.servers.append(server)
             server.start()
             token = cluster.add_agent("bench-bot", categories=CATEGORIES)
-            with ThreadPoolExecutor(8) as pool:
-                drafts = list(
-                    pool.map(
-                        lambda n: cluster.submit(
-                            server, token, category=CATEGORIES[n % len(CATEGORIES)], amount="5.00"
-                        )["id"],
-                        range(samples),
-                    )
-                )
+            drafts = submit_drafts(cluster, server, token, samples)
             wait_for(
                 lambda: cluster.scalar("SELECT count(*) FROM draft WHERE slack_ts IS NULL") == 0,
                 timeout=120,

@@ -89,10 +89,8 @@ def build_runtime(settings: Settings, options: Options) -> Runtime:
     engine = create_db_engine(settings.database_url)
     if options.migrate:
         migrate.upgrade(engine)
-    clock = options.clock
-    if clock is utcnow:  # production: the database's clock, so replicas agree on time (AC-09)
-        clock = DatabaseClock(engine)
-        clock.measure(force=True)
+    # Production keeps the database's time, so replicas agree on it (AC-09); tests pass a clock.
+    clock = DatabaseClock.measured(engine) if options.clock is utcnow else options.clock
     return Runtime(
         engine=engine,
         config=settings.config,

@@ -26,6 +26,21 @@ from storage.tables import AuditEvent
 GENESIS = "0" * 64
 
 
+def stored_row_hash(row: Any) -> str:
+    """The hash a stored audit row (an AuditEvent, or a result row with its columns) should carry."""
+    return row_hash(
+        seq=row.seq,
+        at=row.at,
+        actor=row.actor,
+        action=row.action,
+        subject=row.subject,
+        before=row.before,
+        after=row.after,
+        outcome=row.outcome,
+        prev_hash=row.prev_hash,
+    )
+
+
 def canonical(value: Any) -> str:
     """The one JSON spelling hashed and stored: sorted keys, no spaces, UTF-8."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
@@ -169,18 +184,7 @@ def verify(engine: Engine, *, witness: tuple[int, str] | None = None) -> Verific
                     event.seq,
                     "prev_hash does not match the row before",
                 )
-            recomputed = row_hash(
-                seq=event.seq,
-                at=event.at,
-                actor=event.actor,
-                action=event.action,
-                subject=event.subject,
-                before=event.before,
-                after=event.after,
-                outcome=event.outcome,
-                prev_hash=event.prev_hash,
-            )
-            if recomputed != event.hash:
+            if stored_row_hash(event) != event.hash:
                 return Verification(
                     False, rows, event.seq - 1, prev_hash, event.seq, "row content does not match its hash"
                 )

@@ -48,9 +48,7 @@ def runtime(settings: Settings) -> Runtime:
 
     engine = create_db_engine(settings.database_url)
     migrate.upgrade(engine)
-    clock = DatabaseClock(engine)
-    clock.measure(force=True)
-    return Runtime(engine=engine, config=settings.config, clock=clock)
+    return Runtime(engine=engine, config=settings.config, clock=DatabaseClock.measured(engine))
 
 
 @app.command()

@@ -39,6 +39,13 @@ class DatabaseClock:
         self.offset = timedelta(0)
         self._measured_at: float | None = None
 
+    @classmethod
+    def measured(cls, engine: Engine) -> DatabaseClock:
+        """A clock already set by the database's (the start of `serve` and of a CLI command)."""
+        clock = cls(engine)
+        clock.measure(force=True)
+        return clock
+
     def __call__(self) -> datetime:
         return datetime.fromtimestamp(self.host(), UTC) + self.offset
 

@@ -37,24 +37,16 @@ def _act(env: dict[str, str], role: str, ids: list[str], barrier: Any, answers: 
     for draft_id in ids:
         barrier.wait()  # both processes act on this draft at the same moment
         try:
-            if role == "approve":
+            if role in ("approve", "edit"):
+                user = "U0ALICE" if role == "approve" else "U0BOB"
                 decisions.approve(
                     rt,
                     draft_id=draft_id,
                     version=1,
-                    user="U0ALICE",
+                    user=user,
                     reviewers=REVIEWERS,
-                    reviewer=policy.Reviewer("U0ALICE"),
-                )
-            elif role == "edit":
-                decisions.approve(
-                    rt,
-                    draft_id=draft_id,
-                    version=1,
-                    user="U0BOB",
-                    reviewers=REVIEWERS,
-                    reviewer=policy.Reviewer("U0BOB"),
-                    edited_body="It ships on Tuesday.",
+                    reviewer=policy.Reviewer(user),
+                    edited_body="It ships on Tuesday." if role == "edit" else None,
                 )
             elif role == "reject":
                 decisions.reject(

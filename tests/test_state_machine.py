@@ -1082,18 +1082,7 @@ class ReviewLoop(RuleBasedStateMachine):
             seq += 1
             assert row.seq == seq, f"audit row {seq} is missing"
             assert row.prev_hash == prev_hash, f"audit row {seq}: prev_hash does not match the row before"
-            recomputed = audit.row_hash(
-                seq=row.seq,
-                at=row.at,
-                actor=row.actor,
-                action=row.action,
-                subject=row.subject,
-                before=row.before,
-                after=row.after,
-                outcome=row.outcome,
-                prev_hash=row.prev_hash,
-            )
-            assert recomputed == row.hash, f"audit row {seq}: content does not match its hash"
+            assert audit.stored_row_hash(row) == row.hash, f"audit row {seq}: content does not match its hash"
             assert seq <= len(self.audit), f"audit row {seq} is not expected: {row.action} {row.subject}"
             assert (row.action, row.subject) == self.audit[seq - 1], (
                 f"audit row {seq} is not the expected event"
