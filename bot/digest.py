@@ -10,7 +10,7 @@ import json
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -271,8 +271,23 @@ def claim_due(rt: Runtime, *, worker: str) -> tuple[date, bool] | None:
     if local < due_at:
         return None
     day = local.date() - timedelta(days=1)
+    if not _existed_on(rt, day):
+        return None
     late = local > due_at + LATE_AFTER
     return (day, late) if _claim(rt, day, late=late, worker=worker, now=now) else None
+
+
+def _existed_on(rt: Runtime, day: date) -> bool:
+    """Whether this installation had recorded anything by the end of `day`.
+
+    A new installation's first start, after the digest's time, has no yesterday to report: its
+    audit log begins today (with the first agent added), so that digest would be an empty one,
+    posted late. An older installation, or one that was down all day, has an earlier event.
+    """
+    end = datetime.combine(day + timedelta(days=1), time(), tzinfo=rt.config.timezone)
+    with transaction(rt.engine, write=False) as session:
+        first = session.exec(select(AuditEvent.at).order_by(col(AuditEvent.seq)).limit(1)).first()
+    return first is not None and first < end
 
 
 def claim_missed(rt: Runtime, *, worker: str) -> list[date]:

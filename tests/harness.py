@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from aiohttp.test_utils import TestClient, TestServer
 from sqlmodel import col
 
-from bot import agents, digest
+from bot import agents, audit, digest
 from bot.app import Options, create_app
 from bot.runtime import Runtime
 from bot.settings import load_settings
@@ -72,6 +72,15 @@ def _claim_todays_digest(rt: Runtime, now: datetime) -> None:
     with transaction(rt.engine) as session:
         if session.get(ScheduleClaim, name) is None:  # a restarted harness finds its own claim
             session.add(ScheduleClaim(name=name, claimed_by="harness", claimed_at=now))
+
+
+def installed_days_ago(rt: Runtime, now: datetime, days: int = 3) -> None:
+    """Give a fresh database an audit event `days` ago, as an installation that old has: the
+    scheduled digest reports only days the installation existed on (digest._existed_on)."""
+    with transaction(rt.engine, audited=True) as session:
+        audit.append(
+            session, at=now - timedelta(days=days), actor="test", action="test.installed", subject="-"
+        )
 
 
 @dataclass
@@ -249,7 +258,9 @@ async def harness(
         )
         app = create_app(settings, options)
         rt = app[RUNTIME]
-        if not digest_due:
+        if digest_due:
+            installed_days_ago(rt, clock())
+        else:
             _claim_todays_digest(rt, clock())
         if agent is None:
             registered = agents.add(

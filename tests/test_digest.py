@@ -12,7 +12,7 @@ from bot import agents, decisions, digest, intake, policy
 from bot.runtime import Runtime
 from bot.schemas import DraftIn
 from tests.conftest import FrozenClock, make_env, write_config
-from tests.harness import HELD, eventually, harness
+from tests.harness import HELD, eventually, harness, installed_days_ago
 
 ALICE = policy.Reviewer("U0ALICE")
 BOB = policy.Reviewer("U0BOB")
@@ -105,6 +105,7 @@ def test_digest_day_follows_the_local_calendar_across_dst(rt: Runtime, clock: Fr
 
 
 def test_digest_is_claimed_once_per_day_and_marked_late_when_overdue(rt: Runtime, clock: FrozenClock) -> None:
+    installed_days_ago(rt, datetime(2026, 11, 24, 13, 59, tzinfo=UTC))
     clock.now = datetime(2026, 11, 24, 13, 59, tzinfo=UTC)  # 08:59 local: not due
     assert digest.claim_due(rt, worker="a") is None
     clock.now = datetime(2026, 11, 24, 14, 0, tzinfo=UTC)
@@ -112,6 +113,21 @@ def test_digest_is_claimed_once_per_day_and_marked_late_when_overdue(rt: Runtime
     assert digest.claim_due(rt, worker="b") is None
     clock.now = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)  # down over 09:00: sent on start, late
     assert digest.claim_due(rt, worker="b") == (date(2026, 11, 24), True)
+
+
+def test_a_new_installation_posts_no_digest_for_the_day_before_it_existed(
+    rt: Runtime, clock: FrozenClock
+) -> None:
+    # First start at 11:00 New York time, after the digest's 09:00: yesterday predates it.
+    clock.now = datetime(2026, 11, 24, 16, 0, tzinfo=UTC)
+    assert digest.claim_due(rt, worker="a") is None
+    agents.add(rt, name="support-bot", categories=["refund"], callback_prefixes=[])
+    assert digest.claim_due(rt, worker="a") is None  # the audit log begins today
+    with rt.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM schedule_claim").scalar_one() == 0
+    clock.now = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)  # the next morning: its first day is due
+    assert digest.claim_due(rt, worker="a") == (date(2026, 11, 24), False)
+    assert digest.claim_missed(rt, worker="a") == []
 
 
 def test_the_digest_lists_every_pause_and_counts_failures_and_unknown_outcomes(
@@ -144,6 +160,7 @@ def test_a_digest_no_replica_posted_is_posted_late_but_a_new_install_posts_no_ba
     rt: Runtime, clock: FrozenClock
 ) -> None:
     clock.now = datetime(2026, 11, 22, 14, 0, tzinfo=UTC)
+    installed_days_ago(rt, clock.now)
     assert digest.claim_missed(rt, worker="a") == []  # no digest ever: a new installation
     assert digest.claim_due(rt, worker="a") == (date(2026, 11, 21), False)
     assert digest.claim_missed(rt, worker="a") == []  # nothing before the first digest

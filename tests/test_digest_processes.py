@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.harness import installed_days_ago
 from tests.processes import Cluster, wait_for
 
 DIGEST_CHANNEL = "C0AUDIT"
@@ -65,6 +66,7 @@ def _offline_marks(c: Cluster) -> int:
 
 def test_two_servers_and_a_restart_post_yesterdays_digest_exactly_once(cluster: Cluster) -> None:
     c = cluster
+    installed_days_ago(c.runtime, datetime.now(UTC))
     token = c.add_agent()
     zone = ZoneInfo(c.runtime.config.timezone.key)
     yesterday = (datetime.now(zone) - timedelta(days=1)).date().isoformat()
