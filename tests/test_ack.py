@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from slack_bolt.async_app import AsyncAck
 
 from handlers import context
 
@@ -21,7 +22,7 @@ async def test_the_ack_follows_the_change_and_a_failure_is_acked_then_raised() -
         order.append("committed")
         return "done"
 
-    assert await context.ack_when_done(ack, change()) == "done"
+    assert await context.ack_when_done(cast(AsyncAck, ack), change()) == "done"
     assert order == ["committed", "ack {}"]
 
     async def broken() -> None:
@@ -29,7 +30,7 @@ async def test_the_ack_follows_the_change_and_a_failure_is_acked_then_raised() -
 
     order.clear()
     with pytest.raises(RuntimeError):
-        await context.ack_when_done(ack, broken())
+        await context.ack_when_done(cast(AsyncAck, ack), broken())
     assert order == ["ack {}"]
 
 
@@ -45,5 +46,5 @@ async def test_past_the_budget_the_ack_goes_first_with_the_late_text(monkeypatch
         order.append("committed")
         return "done"
 
-    assert await context.ack_when_done(ack, slow(), late_text="Still applying it") == "done"
+    assert await context.ack_when_done(cast(AsyncAck, ack), slow(), late_text="Still applying it") == "done"
     assert order == ["ack {'text': 'Still applying it', 'response_type': 'ephemeral'}", "committed"]

@@ -408,7 +408,7 @@ async def test_heartbeat_answers_ok(api: Api) -> None:
 async def test_over_the_rate_limit_gets_429_with_retry_after(api: Api) -> None:
     from handlers.agent_api import LIMITER
 
-    limiter = api.client.app[LIMITER]  # type: ignore[index]
+    limiter = api.client.app[LIMITER]
     limiter.capacity, limiter.per_seconds = 5, 60.0
     statuses = []
     for _ in range(6):

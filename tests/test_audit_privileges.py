@@ -45,7 +45,7 @@ def as_user(role: str, schema: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=f"options=-csearch_path%3D{schema}"))
 
 
-def superuser(statement: sql.Composable) -> None:
+def superuser(statement: sql.Composed) -> None:
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(statement)
 
@@ -127,7 +127,7 @@ async def test_app_role_runs_the_server_but_cannot_change_the_audit_log_when_gra
             "TRUNCATE audit_event",
         ):
             with pytest.raises(errors.InsufficientPrivilege):
-                conn.execute(statement)  # type: ignore[arg-type]
+                conn.execute(statement)
         with pytest.raises(errors.InsufficientPrivilege):
             conn.execute("DELETE FROM alembic_version")
 

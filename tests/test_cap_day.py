@@ -122,7 +122,7 @@ def test_an_agents_own_daily_cap_holds_across_categories(
                 rt, draft_id=ids[2], version=1, user="U0ALICE", reviewers=reviewers, reviewer=alice
             )
         with engine.connect() as conn:
-            used = dict(conn.exec_driver_sql("SELECT scope, count_used FROM cap_usage").all())
+            used: dict[str, int] = dict(conn.exec_driver_sql("SELECT scope, count_used FROM cap_usage").all())
         assert used == {"category:refund": 1, "category:reply": 1, "agent:support-bot": 2}
     finally:
         engine.dispose()

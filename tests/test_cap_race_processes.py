@@ -93,7 +93,7 @@ def test_the_database_refuses_usage_over_the_granted_caps(rt: Runtime, overshoot
 
 
 def test_a_lowered_cap_stops_reservations_and_a_raised_one_is_recorded(rt: Runtime) -> None:
-    reserve = {"scope": "category:refund", "day": DAY, "amount_minor": AMOUNT}
+    reserve: dict[str, Any] = {"scope": "category:refund", "day": DAY, "amount_minor": AMOUNT}
     with transaction(rt.engine) as session:
         assert queries.reserve_cap(session, **reserve, count_cap=3, amount_cap_minor=None) == (1, AMOUNT)
         assert queries.reserve_cap(session, **reserve, count_cap=3, amount_cap_minor=None) == (2, 2 * AMOUNT)

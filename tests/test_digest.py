@@ -8,9 +8,10 @@ import zlib
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from bot import agents, decisions, digest, intake, policy
+from bot import agents, chart, decisions, digest, intake, policy
 from bot.runtime import Runtime
 from bot.schemas import DraftIn
+from storage.tables import Agent
 from tests.conftest import FrozenClock, make_env, write_config
 from tests.harness import HELD, eventually, harness, installed_days_ago
 
@@ -19,7 +20,7 @@ BOB = policy.Reviewer("U0BOB")
 REVIEWERS = frozenset({"U0ALICE", "U0BOB"})
 
 
-def submit(rt: Runtime, agent: agents.Agent, **fields: str) -> str:
+def submit(rt: Runtime, agent: Agent, **fields: str) -> str:
     body = {
         "category": "refund",
         "summary": "s",
@@ -136,7 +137,7 @@ def test_the_digest_lists_every_pause_and_counts_failures_and_unknown_outcomes(
     from bot.control import Control
 
     script_day(rt, clock)
-    control = Control(rt=rt, directory=None)  # type: ignore[arg-type]  (pause and resume read no directory)
+    control = Control(rt=rt, directory=None)  # type: ignore[arg-type]  # pause and resume read no directory
     control.pause("U0ALICE", ["support-bot", "refunds", "look", "<!channel>", "wrong"])
     clock.advance(minutes=5)
     control.resume("U0ADMIN", ["support-bot"])
@@ -176,7 +177,7 @@ def test_a_digest_no_replica_posted_is_posted_late_but_a_new_install_posts_no_ba
 
 
 def test_trend_chart_is_a_valid_png() -> None:
-    png = digest.chart.bar_chart([(3, 1, 0), (0, 0, 0), (5, 2, 4)], width=100, height=50)
+    png = chart.bar_chart([(3, 1, 0), (0, 0, 0), (5, 2, 4)], width=100, height=50)
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     width, height = struct.unpack(">II", png[16:24])
     assert (width, height) == (100, 50)

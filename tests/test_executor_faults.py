@@ -74,7 +74,7 @@ async def test_a_success_resets_the_failure_count(h: Harness) -> None:
         created = await h.submit(summary=f"mixed {n}")
         await h.click("U0ALICE", ids.APPROVE, created["id"])
         await eventually(
-            lambda created=created: (
+            lambda created=created: (  # type: ignore[misc]  # default-arg lambda: python/mypy#15459
                 h.executor.requests and h.executor.requests[-1].json["draft_id"] == created["id"]
             )
         )

@@ -32,7 +32,7 @@ def _act(env: dict[str, str], role: str, ids: list[str], barrier: Any, answers: 
 
     settings = load_settings(env)
     rt = Runtime(engine=create_db_engine(settings.database_url), config=settings.config)
-    control = Control(rt=rt, directory=None)  # type: ignore[arg-type]  (manual and review read no directory)
+    control = Control(rt=rt, directory=None)  # type: ignore[arg-type]  # manual and review read no directory
     out = []
     for draft_id in ids:
         barrier.wait()  # both processes act on this draft at the same moment
@@ -104,7 +104,7 @@ def test_approve_and_reject_racing_from_two_processes_never_deadlock(
     errors = [a for a in results["approve"] + results["reject"] if a.startswith("error")]
     assert errors == [], errors
     with rt.engine.connect() as conn:
-        status = dict(conn.execute(sa.text("SELECT id, status FROM draft")).all())
+        status: dict[str, str] = dict(conn.execute(sa.text("SELECT id, status FROM draft")).all())
     for n, draft_id in enumerate(ids):
         approved, rejected = results["approve"][n] == "won", results["reject"][n] == "won"
         assert approved != rejected, (draft_id, results["approve"][n], results["reject"][n])
@@ -186,7 +186,7 @@ def test_an_edit_racing_an_approval_decides_each_draft_once(db_url: str, tmp_pat
     for n in range(len(ids)):
         assert sorted((results["approve"][n], results["edit"][n])) == ["refused", "won"], n
     with rt.engine.connect() as conn:
-        drafts = dict(conn.execute(sa.text("SELECT id, status FROM draft")).all())
+        drafts: dict[str, str] = dict(conn.execute(sa.text("SELECT id, status FROM draft")).all())
         bodies = {
             row[0]: row[1]
             for row in conn.execute(sa.text("SELECT id, coalesce(approved_body, body) FROM draft")).all()
@@ -202,7 +202,7 @@ def test_an_edit_racing_an_approval_decides_each_draft_once(db_url: str, tmp_pat
         ]
     assert set(drafts.values()) == {"approved"}
     assert sorted(subject for subject, _ in approved) == sorted(ids)  # one approval event per draft
-    winners = dict(approved)
+    winners: dict[str, str] = dict(approved)
     for n, draft_id in enumerate(ids):
         edit_won = results["edit"][n] == "won"
         assert winners[draft_id] == ("slack:U0BOB" if edit_won else "slack:U0ALICE")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlmodel import col
 from standardwebhooks import Webhook
 
 from bot.slack_app import DenialLog
@@ -217,7 +218,7 @@ async def test_unauthorized_clicks_are_refused_audited_and_change_nothing(
     assert (await h.draft(created["id"]))["status"] == "pending"
     with h.rt.engine.connect() as conn:
         denied = conn.execute(
-            sa.select(AuditEvent.actor).where(AuditEvent.outcome == "denied")  # type: ignore[arg-type]
+            sa.select(col(AuditEvent.actor)).where(col(AuditEvent.outcome) == "denied")
         ).all()
     assert [row[0] for row in denied] == [f"slack:{user}"]
     assert h.executor.requests == []
@@ -364,12 +365,12 @@ async def test_every_transition_is_in_a_valid_audit_chain(h: Harness) -> None:
         actions = [
             row[0]
             for row in conn.execute(
-                sa.select(AuditEvent.action)
-                .where(AuditEvent.subject == created["id"])
-                .order_by(AuditEvent.seq)  # type: ignore[arg-type]
+                sa.select(col(AuditEvent.action))
+                .where(col(AuditEvent.subject) == created["id"])
+                .order_by(col(AuditEvent.seq))
             )
         ]
-        draft = conn.execute(sa.select(Draft.status).where(Draft.id == created["id"])).scalar_one()  # type: ignore[arg-type]
+        draft = conn.execute(sa.select(col(Draft.status)).where(col(Draft.id) == created["id"])).scalar_one()
     assert actions == ["draft.submitted", "draft.approved", "draft.executed"]
     assert draft == "executed"
     assert audit.verify(h.rt.engine).ok

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +92,8 @@ def _config(token: str) -> schemathesis.Config:
     )
 
 
-def _narrow(case: Case) -> Case:
-    headers = case.headers or {}
+def _narrow(case: Case[Any]) -> Case[Any]:
+    headers: Mapping[str, Any] = case.headers or {}
     # The key may come as the `Idempotency-Key` header or as the body's `idempotency_key`; sent both
     # ways they must be equal (else 400). OpenAPI cannot tie a header to a body field, so a generated
     # pair is made consistent by dropping the body's copy (tests/test_agent_api.py covers the 400).
@@ -130,7 +130,7 @@ def test_agent_api_passes_every_schemathesis_check(server: tuple[str, str]) -> N
     )
 
     @schema.hook
-    def map_case(context: HookContext, case: Case) -> Case:
+    def map_case(context: HookContext, case: Case[Any]) -> Case[Any]:
         return _narrow(case)
 
     problems: list[str] = []

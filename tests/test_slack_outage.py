@@ -6,11 +6,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from handlers import ids
 from tests.conftest import BOT_TOKEN
-from tests.harness import HELD, edit_values, eventually, harness
+from tests.doubles.slack_api import Call
+from tests.harness import HELD, Harness, edit_values, eventually, harness
 
 
-def posts_to(h: object, channel: str) -> list[object]:
-    return [c for c in h.slack.calls("chat.postMessage") if c.params.get("channel") == channel and c.ok]  # type: ignore[attr-defined]
+def posts_to(h: Harness, channel: str) -> list[Call]:
+    return [c for c in h.slack.calls("chat.postMessage") if c.params.get("channel") == channel and c.ok]
 
 
 async def test_drafts_wait_out_a_slack_outage_and_are_posted_exactly_once(
@@ -26,7 +27,7 @@ async def test_drafts_wait_out_a_slack_outage_and_are_posted_exactly_once(
             await h.posted(draft["id"])
         refund_posts = posts_to(h, "C0REFUNDS")
         ids = [d["id"] for d in created]
-        posted_ids = [p.params["metadata"]["event_payload"]["draft_id"] for p in refund_posts]  # type: ignore[attr-defined]
+        posted_ids = [p.params["metadata"]["event_payload"]["draft_id"] for p in refund_posts]
         assert sorted(posted_ids) == sorted(ids)
         await eventually(
             lambda: any(

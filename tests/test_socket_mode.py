@@ -16,9 +16,9 @@ async def test_socket_mode_delivers_clicks_and_commands_to_the_same_listeners(
 ) -> None:
     async with harness(db_url, tmp_path) as h, SocketModeDouble() as sock:
         h.slack.socket_mode_url = sock.url
-        slack_app = h.client.app[SLACK_APP]  # type: ignore[index]
+        slack_app = h.client.app[SLACK_APP]
         handler = AsyncSocketModeHandler(slack_app, app_token="xapp-test")
-        await handler.connect_async()
+        await handler.connect_async()  # type: ignore[no-untyped-call]  # slack_bolt leaves it unannotated
         try:
             await sock.wait_connected()
             created = await h.submit()
@@ -41,4 +41,4 @@ async def test_socket_mode_delivers_clicks_and_commands_to_the_same_listeners(
             await sock.send_envelope("slash_commands", command, accepts_response_payload=True)
             await eventually(lambda: any("/agent pause" in t for t in h.ephemeral_texts()))
         finally:
-            await handler.close_async()
+            await handler.close_async()  # type: ignore[no-untyped-call]  # slack_bolt leaves it unannotated

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 from aiohttp.abc import AbstractResolver, ResolveResult
+from sqlmodel import col
 
 from bot import agents, netguard
 from bot.app import WORKER
@@ -266,7 +267,7 @@ async def test_an_unspecified_literal_is_refused_at_connect_time_though_linux_ro
     try:
         for kind in ("executor", "callback"):
             with pytest.raises(aiohttp.ClientConnectorError, match=r"0\.0\.0\.0 \(unspecified\)"):
-                await jobs.http(kind).post(url, data=b"{}")  # type: ignore[arg-type]
+                await jobs.http(kind).post(url, data=b"{}")
     finally:
         await jobs.close()
     assert receiver.requests == []
@@ -330,7 +331,7 @@ def test_a_bare_origin_prefix_stands_for_its_whole_host_and_is_checked_the_same(
     agents.add(rt, name="hook-bot", categories=["reply"], callback_prefixes=["http://127.0.0.1:8080"])
     with rt.engine.connect() as conn:
         stored = conn.exec_driver_sql("SELECT callback_prefixes FROM agent WHERE name = 'hook-bot'").scalar()
-    assert json.loads(stored) == ["http://127.0.0.1:8080/"]
+    assert json.loads(stored) == ["http://127.0.0.1:8080/"]  # type: ignore[arg-type]  # scalar() is Optional; the row was just added
 
 
 def test_agents_add_cli_exits_2_on_an_obfuscated_metadata_prefix(tmp_path: Path) -> None:
@@ -409,7 +410,9 @@ async def submit_as(h: Harness, token: str, **fields: Any) -> dict[str, Any]:
 def job_errors(h: Harness, kind: str) -> list[str]:
     with h.rt.engine.connect() as conn:
         rows = conn.execute(
-            sa.select(OutboxJob.last_error).where(OutboxJob.kind == kind, OutboxJob.attempts > 0)  # type: ignore[arg-type]
+            sa.select(col(OutboxJob.last_error)).where(
+                col(OutboxJob.kind) == kind, col(OutboxJob.attempts) > 0
+            )
         )
         return [row[0] or "" for row in rows]
 
@@ -470,7 +473,7 @@ async def test_an_executor_name_that_rebinds_to_the_metadata_address_is_refused_
                 view = await (await h.client.get(f"/v1/drafts/{draft_id}", headers=auth)).json()
                 return view if view["status"] == wanted else None
 
-            return await eventually_async(probe)  # type: ignore[no-any-return]
+            return await eventually_async(probe)
 
         first = await submit_as(h, bot.token, category="payout", summary="first")
         await h.click("U0ALICE", ids.APPROVE, first["id"])

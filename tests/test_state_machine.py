@@ -67,6 +67,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from bot import agents, audit, decisions, drafts, intake, policy
 from bot.control import Control
@@ -159,7 +160,12 @@ SWITCHES: tuple[tuple[Any, ...], ...] = (
     ("cap", "refund", 20, "500.00"),
     ("cap", "reply", 2, None),
 )
-STEPS = (timedelta(minutes=1), timedelta(minutes=9), timedelta(minutes=47), timedelta(hours=2))
+STEPS: tuple[timedelta, ...] = (
+    timedelta(minutes=1),
+    timedelta(minutes=9),
+    timedelta(minutes=47),
+    timedelta(hours=2),
+)
 STEPS += (timedelta(hours=4, minutes=1), timedelta(hours=13))
 
 # What the invariant reads after every step, built once: SQLAlchemy then computes each statement's
@@ -1138,7 +1144,7 @@ def _refund(rt: Runtime, amount: str) -> str:
 
 def _approve(rt: Runtime, draft_id: str, user: str, **edits: Any) -> decisions.Outcome:
     with rt.engine.connect() as conn:
-        version = conn.execute(sa.select(Draft.version).where(Draft.id == draft_id)).scalar_one()  # type: ignore[arg-type]
+        version = conn.execute(sa.select(col(Draft.version)).where(col(Draft.id) == draft_id)).scalar_one()
     return decisions.approve(
         rt,
         draft_id=draft_id,
@@ -1152,7 +1158,7 @@ def _approve(rt: Runtime, draft_id: str, user: str, **edits: Any) -> decisions.O
 
 def _status(rt: Runtime, draft_id: str) -> str:
     with rt.engine.connect() as conn:
-        return str(conn.execute(sa.select(Draft.status).where(Draft.id == draft_id)).scalar_one())  # type: ignore[arg-type]
+        return str(conn.execute(sa.select(col(Draft.status)).where(col(Draft.id) == draft_id)).scalar_one())
 
 
 @pytest.mark.parametrize("edits", [{"edited_amount": Decimal("290.00")}, {"edited_body": "Changed."}])
