@@ -180,7 +180,9 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
         app[WORKERS] = tasks
         yield
         # Let work in hand finish (its database threads cannot be cancelled), then cancel the rest.
+        # Posts still waiting for their channel's pace go back to the queue instead.
         worker.stop()
+        slack_jobs.pacer.stop()
         stop.set()
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=10)

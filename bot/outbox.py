@@ -42,6 +42,17 @@ class RetryLater(Exception):
         self.retry_after = retry_after
 
 
+class NotAttempted(Exception):
+    """The handler gave the job back before it sent anything (the process is stopping, the agent
+    was paused meanwhile, the database failed before the call): it returns to the queue, due in
+    `retry_after` seconds, and the attempt is not counted, so such hold-ups never use up a job's
+    attempts. Any replica may take it next."""
+
+    def __init__(self, message: str, *, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def backoff(attempt: int, *, base: float = BACKOFF_BASE, rng: random.Random | None = None) -> float:
     """Exponential backoff with jitter: between half and all of base·2^(attempt-1), capped."""
     ceiling = min(BACKOFF_CAP, base * 2.0 ** min(max(0, attempt - 1), 30))
@@ -142,6 +153,10 @@ class Worker:
             if handler is None:
                 raise Permanent(f"no handler for job kind {job.kind!r}")
             await asyncio.wait_for(handler(job), timeout=self.lease.total_seconds() * 0.8)
+        except NotAttempted as exc:
+            self._count(job, "handed_back")
+            due = self.rt.clock() + timedelta(seconds=exc.retry_after)
+            await self._record(job, "its release", lambda: self._release(job, due))
         except Permanent as exc:
             self._count(job, "permanent_failure")
             await self._failed(job, f"permanent: {exc}", retry=False)
@@ -159,6 +174,10 @@ class Worker:
     def _finish(self, job: OutboxJob) -> None:
         with transaction(self.rt.engine) as session:
             queries.finish_job(session, job.id, worker=self.worker_id, now=self.rt.clock())  # type: ignore[arg-type]
+
+    def _release(self, job: OutboxJob, due: datetime) -> None:
+        with transaction(self.rt.engine) as session:
+            queries.release_job(session, job.id, worker=self.worker_id, run_after=due)  # type: ignore[arg-type]
 
     async def _record(self, job: OutboxJob, what: str, record: Callable[[], None]) -> bool:
         """Write down how an attempt ended; False when the database failed (a dropped connection).

@@ -10,6 +10,7 @@ job was marked done) finds that post in the channel instead of posting a second 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -30,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bot import cards, digest, policy
 from bot.mrkdwn import escape_cut
-from bot.outbox import Permanent, RetryLater
+from bot.outbox import NotAttempted, Permanent, RetryLater
 from bot.runtime import Runtime
 from bot.settings import Category, Settings
 from handlers import blocks
@@ -145,6 +146,13 @@ class ChannelPacer:
     clock: Callable[[], float] = time.monotonic
     _next: dict[str, list[float]] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stop(self) -> None:
+        """The process is stopping: a message that would wait for its turn, now or later, is
+        given back to the queue instead (NotAttempted), so that shutdown does not wait on the
+        pace and another replica can post it at once."""
+        self._stopping.set()
 
     async def wait(self, channel: str) -> None:
         lock = self._locks.setdefault(channel, asyncio.Lock())
@@ -153,9 +161,11 @@ class ChannelPacer:
                 t for t in self._next.get(channel, []) if self.clock() - t < self.burst / self.per_second
             ]
             if len(recent) >= self.burst:
-                await asyncio.sleep(
-                    max(0.0, recent[-self.burst] + self.burst / self.per_second - self.clock())
-                )
+                turn = max(0.0, recent[-self.burst] + self.burst / self.per_second - self.clock())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), turn)
+                if self._stopping.is_set():
+                    raise NotAttempted(f"stopping before this message's turn in {channel}")
             recent.append(self.clock())
             self._next[channel] = recent[-self.burst :]
 

@@ -21,12 +21,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 from bot import audit, caps, crashpoints, netguard, policy
 from bot.drafts import agent_view, record_change
 from bot.mrkdwn import escape, escape_cut
-from bot.outbox import RetryLater
+from bot.outbox import NotAttempted, RetryLater
 from bot.runtime import Runtime
 from bot.settings import Executor
 from storage import queries
@@ -36,6 +37,7 @@ from storage.tables import Agent, Decision, Draft, OutboxJob
 log = logging.getLogger(__name__)
 
 TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
+DB_RETRY_SECONDS = 2.0  # an attempt the database kept from being sent waits this long (not counted)
 BREAKER_THRESHOLD = 5  # consecutive executor failures before its category goes to manual mode
 # 409 is retried too (execute): an executor that deduplicates on Idempotency-Key answers it while
 # an earlier request with the same key is still being processed (Stripe does).
@@ -126,7 +128,13 @@ class WebhookJobs:
 
     async def execute(self, job: OutboxJob) -> None:
         draft_id = json.loads(job.payload)["draft_id"]
-        attempt = await asyncio.to_thread(self._begin, draft_id)
+        try:
+            attempt = await asyncio.to_thread(self._begin, draft_id)
+        except SQLAlchemyError as exc:
+            # Nothing was sent: a database that fails now and then must not use up the attempts.
+            raise NotAttempted(
+                f"database failed before the call: {type(exc).__name__}", retry_after=DB_RETRY_SECONDS
+            ) from None
         if attempt is None:
             return
         timestamp = int(self.rt.clock().timestamp())
@@ -178,7 +186,8 @@ class WebhookJobs:
             controls = queries.get_controls(session, ["pause:all", f"mode:{draft.category}"])
             manual = policy.is_manual(controls.get(f"mode:{draft.category}"), self.rt.clock())
             if agent is None or agent.state == "paused" or "pause:all" in controls or manual:
-                raise RetryLater("held: agent paused or category manual", retry_after=5)
+                # Paused between the claim and now; claims skip such jobs until the hold ends.
+                raise NotAttempted("held: agent paused or category manual", retry_after=5)
             queries.update_draft(
                 session,
                 draft.id,

@@ -310,6 +310,17 @@ def finish_job(session: Session, job_id: int, *, worker: str, now: datetime) -> 
     return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
 
+def release_job(session: Session, job_id: int, *, worker: str, run_after: datetime) -> bool:
+    """Give a job back untried, only if this worker still holds it: queued again for `run_after`,
+    and the attempt its claim counted taken back."""
+    result = session.execute(
+        sa.update(job_t)
+        .where(job_t.c.id == job_id, job_t.c.status == "running", job_t.c.claimed_by == worker)
+        .values(status="queued", run_after=run_after, lease_until=None, attempts=job_t.c.attempts - 1)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+
 def fail_job(
     session: Session, job_id: int, *, worker: str, error: str, retry_at: datetime | None, now: datetime
 ) -> bool:

@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
 
 from bot import agents, decisions, intake, policy
+from bot.outbox import NotAttempted, Worker
 from bot.runtime import Runtime
 from bot.schemas import DraftIn
-from bot.webhooks import WebhookJobs
+from bot.webhooks import DB_RETRY_SECONDS, WebhookJobs
+from storage import queries
 from storage.tables import OutboxJob
+from tests.conftest import FrozenClock
 
 REVIEWERS = frozenset({"U0ALICE", "U0BOB"})
 
@@ -88,3 +94,50 @@ def test_a_refusal_of_a_recorded_first_attempt_fails_and_releases_the_cap(rt: Ru
     assert jobs._begin(draft_id) is not None
     jobs._finish(draft_id, ok=False, error="HTTP 422: unknown order")
     assert _state(rt, draft_id) == ("failed", False, False, 0)
+
+
+def _executor_job(rt: Runtime) -> tuple[int, datetime]:
+    """(attempts, run_after) of the one executor job."""
+    with rt.engine.connect() as conn:
+        row = conn.execute(
+            sa.select(queries.job_t.c.attempts, queries.job_t.c.run_after).where(
+                queries.job_t.c.kind == "executor.call"
+            )
+        ).one()
+    return int(row[0]), row[1]
+
+
+async def test_an_attempt_the_database_kept_from_being_sent_is_not_counted(
+    rt: Runtime, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database that fails now and then (a dropped connection in the attempt's first
+    transaction) cannot use up the executor attempts: nothing was sent, so nothing is counted."""
+    draft_id = _approved_refund(rt)
+    with rt.engine.begin() as conn:  # only the executor's job is delivered here
+        conn.execute(sa.delete(queries.job_t).where(queries.job_t.c.kind != "executor.call"))
+    jobs = WebhookJobs(rt)
+    worker = Worker(rt=rt, handlers=jobs.handlers(), give_up=jobs.give_up(), worker_id="w1")
+    real = queries.get_controls
+
+    def dropped(*args: object, **kwargs: object) -> object:
+        raise OperationalError("SELECT control", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(queries, "get_controls", dropped)
+    for _ in range(rt.executor_attempts + 2):  # more failures than the job has attempts
+        assert await worker.run_once() == 1
+        attempts, run_after = _executor_job(rt)
+        assert attempts == 0 and run_after == clock() + timedelta(seconds=DB_RETRY_SECONDS)
+        assert await worker.run_once() == 0  # not due before then
+        clock.advance(seconds=DB_RETRY_SECONDS)
+    assert _state(rt, draft_id) == ("approved", False, False, 1)  # still to run, nothing in doubt
+    monkeypatch.setattr(queries, "get_controls", real)
+    assert jobs._begin(draft_id) is not None  # the database is back: the first real attempt
+
+
+async def test_an_execution_paused_after_its_claim_waits_without_using_an_attempt(rt: Runtime) -> None:
+    draft_id = _approved_refund(rt)
+    with rt.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE agent SET state = 'paused'"))
+    with pytest.raises(NotAttempted):
+        await WebhookJobs(rt).execute(_job(draft_id))
+    assert _state(rt, draft_id) == ("approved", False, False, 1)

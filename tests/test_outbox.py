@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot import agents
-from bot.outbox import BACKOFF_CAP, Permanent, RetryLater, Worker, backoff
+from bot.outbox import BACKOFF_CAP, NotAttempted, Permanent, RetryLater, Worker, backoff
 from bot.runtime import Runtime
 from storage import queries
 from storage.db import create_db_engine, transaction
@@ -218,6 +218,26 @@ async def test_worker_requeues_with_backoff_and_records_the_error_when_an_attemp
     assert (queued.status, queued.last_error, queued.attempts) == ("queued", error, 1)
     assert clock() + timedelta(seconds=0.5) <= queued.run_after <= clock() + timedelta(seconds=1)
     assert recorder.gave_up == []
+
+
+async def test_a_job_given_back_untried_is_queued_at_once_and_its_attempt_not_counted(
+    rt: Runtime, clock: FrozenClock
+) -> None:
+    (job_id,) = enqueue(rt)
+    recorder = Recorder(NotAttempted("stopping"))
+    assert await worker(rt, recorder).run_once() == 1
+    back = job(rt, job_id)
+    assert (back.status, back.attempts, back.run_after, back.lease_until, back.claimed_by) == (
+        "queued",
+        0,
+        clock(),
+        None,
+        "w1",
+    )
+    assert back.last_error is None and recorder.gave_up == []
+    recorder.outcome = None
+    assert await worker(rt, recorder).run_once() == 1  # taken again at once, by any worker
+    assert (job(rt, job_id).status, job(rt, job_id).attempts) == ("done", 1)
 
 
 async def test_worker_marks_a_permanent_failure_dead_without_retrying(

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.outbox import NotAttempted
+from bot.slack import ChannelPacer
 from handlers import ids
 from tests.conftest import BOT_TOKEN
 from tests.doubles.slack_api import Call
@@ -116,6 +120,48 @@ async def test_posting_stays_within_one_message_per_second_per_channel(db_url: s
         # A burst of 3, then at most one a second: any 4 consecutive posts span at least ~1 s.
         for first, fourth in zip(times, times[3:], strict=False):
             assert fourth - first >= 0.95
+
+
+async def test_a_stopping_pacer_gives_back_the_posts_still_waiting_for_their_turn() -> None:
+    now = [100.0]
+    pacer = ChannelPacer(clock=lambda: now[0])
+    for _ in range(3):  # the burst goes at once
+        await pacer.wait("C0SUPPORT")
+    waiting = [asyncio.create_task(pacer.wait("C0SUPPORT")) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    assert not any(task.done() for task in waiting)  # their turns are a second or more away
+    await pacer.wait("C0OTHER")  # another channel has its own pace
+    pacer.stop()
+    for task in waiting:
+        with pytest.raises(NotAttempted):
+            await asyncio.wait_for(task, timeout=10)
+    await pacer.wait("C0OTHER")  # a post whose turn has come still goes
+
+
+async def test_a_server_stopping_with_a_posting_backlog_hands_it_back_and_the_next_posts_it_once(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with harness(db_url, tmp_path) as first:
+        created = [await first.submit(summary=f"burst {n}", category="reply", amount=None) for n in range(8)]
+        await eventually(lambda: len(posts_to(first, "C0SUPPORT")) >= 3)
+        agent = (first.token, first.callback_secret)
+    # The stop did not wait out the pace: posts were left. None was counted as an attempt, and
+    # none waits for a lease to run out.
+    with first.rt.engine.connect() as conn:
+        left = conn.exec_driver_sql(
+            "SELECT attempts, lease_until FROM outbox_job WHERE kind = 'slack.render' AND status = 'queued'"
+        ).all()
+    posted_first = {p.params["metadata"]["event_payload"]["draft_id"] for p in posts_to(first, "C0SUPPORT")}
+    assert left and len(posted_first) + len(left) == len(created)
+    assert all(row[1] is None for row in left) and {row[0] for row in left} == {0}
+    async with harness(db_url, tmp_path, agent=agent) as second:
+        rest = [draft["id"] for draft in created if draft["id"] not in posted_first]
+        for draft_id in rest:
+            await second.posted(draft_id)
+        posted_second = [
+            p.params["metadata"]["event_payload"]["draft_id"] for p in posts_to(second, "C0SUPPORT")
+        ]
+    assert sorted(posted_second) == sorted(rest)  # each posted once, by one server or the other
 
 
 async def test_a_retried_alert_is_posted_anyway_where_the_bot_cannot_read_the_history(
