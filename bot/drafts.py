@@ -105,6 +105,7 @@ def record_change(
             "callback.send",
             {"draft_id": draft.id, "event": action, "status": after.get("status", draft.status)},
             now=now,
+            agent_id=draft.agent_id,  # its target: one agent's slow endpoint holds few slots
         )
 
 

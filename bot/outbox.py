@@ -10,6 +10,7 @@ import asyncio
 import logging
 import random
 import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -68,12 +69,16 @@ class Worker:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{random.getrandbits(32):08x}")
     lease: timedelta = timedelta(seconds=60)
     batch: int = 16
+    # Deliveries one outside endpoint (a category's executor, an agent's callback URL) may hold
+    # at once: a slow or hanging one leaves the other slots to everything else (AC-13).
+    per_target: int = 4
     poll_interval: float = 0.5
     backoff_base: float = BACKOFF_BASE
     metrics: Metrics | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _loop: asyncio.AbstractEventLoop | None = None
     _stopping: bool = False
+    _targets: Counter[str] = field(default_factory=Counter)  # deliveries in flight by job_target
 
     def wake(self) -> None:
         """Start the next claim at once; safe to call from any thread."""
@@ -127,11 +132,13 @@ class Worker:
             now=self.rt.clock(),
             lease=self.lease,
             limit=limit,
+            in_flight=dict(self._targets),
+            per_target=self.per_target,
         )
 
     def _start(self, jobs: list[OutboxJob], in_flight: set[asyncio.Task[None]]) -> int:
         for job in jobs:
-            task = asyncio.create_task(self._deliver(job), name=f"outbox-{job.id}")
+            task = asyncio.create_task(self._deliver(job, self._track(job)), name=f"outbox-{job.id}")
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
         return len(jobs)
@@ -140,14 +147,31 @@ class Worker:
         """Claim one batch and deliver it; the number of jobs taken."""
         jobs = await self._claim(self.batch)
         if jobs:
-            await asyncio.gather(*(self._deliver(job) for job in jobs))
+            await asyncio.gather(*(self._deliver(job, self._track(job)) for job in jobs))
         return len(jobs)
+
+    def _track(self, job: OutboxJob) -> str | None:
+        """Count a delivery against its target from its claim on, before its task first runs: the
+        next claim may come first."""
+        target = queries.job_target(job.kind, job.category, job.agent_id)
+        if target is not None:
+            self._targets[target] += 1
+        return target
+
+    async def _deliver(self, job: OutboxJob, target: str | None) -> None:
+        try:
+            await self._attempt(job)
+        finally:
+            if target is not None:
+                self._targets[target] -= 1
+                if not self._targets[target]:
+                    del self._targets[target]
 
     def _count(self, job: OutboxJob, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.deliveries.labels(job.kind.split(".")[0], outcome).inc()
 
-    async def _deliver(self, job: OutboxJob) -> None:
+    async def _attempt(self, job: OutboxJob) -> None:
         handler = self.handlers.get(job.kind)
         try:
             if handler is None:

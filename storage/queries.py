@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -274,15 +274,67 @@ def _claimable(now: datetime) -> sa.ColumnElement[bool]:
     return sa.and_(ready, sa.not_(held))
 
 
+def job_target(kind: str, category: str | None, agent_id: int | None) -> str | None:
+    """The outside endpoint a job calls, where one slow endpoint must not take every delivery
+    slot: a category's executor, an agent's callback URL. None for the rest (Slack keeps its own
+    pace per channel, bot/slack.py)."""
+    if kind == "executor.call" and category is not None:
+        return f"executor:{category}"
+    if kind == "callback.send" and agent_id is not None:
+        return f"callback:{agent_id}"
+    return None
+
+
+def _not_full(full: set[str]) -> sa.ColumnElement[bool]:
+    """Jobs whose target is not in `full` (targets as job_target names them)."""
+    executors = [t.removeprefix("executor:") for t in full if t.startswith("executor:")]
+    callbacks = [int(t.removeprefix("callback:")) for t in full if t.startswith("callback:")]
+    return sa.and_(
+        sa.or_(
+            job_t.c.kind != "executor.call", job_t.c.category.is_(None), job_t.c.category.not_in(executors)
+        ),
+        sa.or_(
+            job_t.c.kind != "callback.send", job_t.c.agent_id.is_(None), job_t.c.agent_id.not_in(callbacks)
+        ),
+    )
+
+
 def claim_jobs(
-    engine: Engine, *, worker: str, now: datetime, lease: timedelta, limit: int
+    engine: Engine,
+    *,
+    worker: str,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+    in_flight: Mapping[str, int] | None = None,
+    per_target: int | None = None,
 ) -> list[OutboxJob]:
-    """Atomically take up to `limit` ready jobs (or jobs whose lease ran out) for this worker."""
+    """Atomically take up to `limit` ready jobs (or jobs whose lease ran out) for this worker.
+
+    With `per_target`, jobs of one target (job_target) are taken only while this worker has fewer
+    than that many of them in flight (`in_flight`, by target), counting the ones taken now.
+    """
+    busy = dict(in_flight or {})
+    full = {target for target, count in busy.items() if per_target is not None and count >= per_target}
     with transaction(engine) as session:
-        ids_query = sa.select(job_t.c.id).where(_claimable(now)).order_by(job_t.c.run_after).limit(limit)
+        ids_query = (
+            sa.select(job_t.c.id, job_t.c.kind, job_t.c.category, job_t.c.agent_id)
+            .where(_claimable(now), _not_full(full))
+            .order_by(job_t.c.run_after)
+            .limit(limit if per_target is None else 2 * limit)
+        )
         if engine.dialect.name == "postgresql":
             ids_query = ids_query.with_for_update(skip_locked=True, of=job_t)
-        ids = [row[0] for row in session.execute(ids_query)]
+        ids = []
+        for job_id, kind, category, agent_id in session.execute(ids_query):
+            target = job_target(kind, category, agent_id)
+            if per_target is not None and target is not None:
+                if busy.get(target, 0) >= per_target:
+                    continue
+                busy[target] = busy.get(target, 0) + 1
+            ids.append(job_id)
+            if len(ids) == limit:
+                break
         if not ids:
             return []
         rows = session.execute(

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -284,6 +286,66 @@ async def test_worker_delivers_the_other_jobs_of_a_batch_when_one_fails(rt: Runt
 
     await Worker(rt=rt, handlers={"slack.post": handle}, worker_id="w1").run_once()
     assert [job(rt, job_id).status for job_id in ids] == ["done", "dead", "done"]
+
+
+async def test_a_hanging_executor_holds_only_its_share_of_slots_and_the_rest_keeps_flowing(
+    rt: Runtime, clock: FrozenClock
+) -> None:
+    """AC-13: the refund executor hangs with more calls queued than the worker has slots. The
+    reply executor's calls, agent callbacks and Slack posts queued after them still go at once."""
+    from tests.harness import eventually  # not at import: spawned claimers import this module
+
+    enqueue(rt, "executor.call", count=20, agent_id=1, category="refund")
+    clock.advance(seconds=1)  # everything below is queued behind the refunds
+    enqueue(rt, "executor.call", count=2, agent_id=1, category="reply")
+    enqueue(rt, "callback.send", count=2, agent_id=1)
+    enqueue(rt, "slack.render", count=2)
+    hang = asyncio.Event()
+    running: Counter[str] = Counter()
+    most: Counter[str] = Counter()
+    done: Counter[str] = Counter()
+
+    async def deliver(job: OutboxJob) -> None:
+        name = job.category or job.kind
+        running[name] += 1
+        most[name] = max(most[name], running[name])
+        if name == "refund":
+            await hang.wait()
+        running[name] -= 1
+        done[name] += 1
+
+    kinds = ("executor.call", "callback.send", "slack.render")
+    w = Worker(rt=rt, handlers=dict.fromkeys(kinds, deliver), worker_id="w1", lease=LEASE, poll_interval=0.05)
+    task = asyncio.create_task(w.run())
+    try:
+        await eventually(lambda: done == Counter({"reply": 2, "callback.send": 2, "slack.render": 2}))
+        assert running["refund"] == w.per_target < w.batch  # the rest of the refunds wait their turn
+        hang.set()
+        await eventually(lambda: done["refund"] == 20)
+        assert most["refund"] == w.per_target
+    finally:
+        w.stop()
+        await asyncio.wait_for(task, timeout=30)
+
+
+def test_a_claim_takes_no_more_of_one_target_than_its_share(rt: Runtime, clock: FrozenClock) -> None:
+    enqueue(rt, "executor.call", count=6, agent_id=1, category="refund")
+    clock.advance(seconds=1)
+    enqueue(rt, "callback.send", count=6, agent_id=7)
+    clock.advance(seconds=1)
+    enqueue(rt, "slack.render", count=6)
+
+    def take(in_flight: dict[str, int]) -> Counter[str]:
+        jobs = queries.claim_jobs(
+            rt.engine, worker="w1", now=rt.clock(), lease=LEASE, limit=10, in_flight=in_flight, per_target=4
+        )
+        return Counter(j.kind for j in jobs)
+
+    assert take({"executor:refund": 3}) == Counter(
+        {"executor.call": 1, "callback.send": 4, "slack.render": 5}
+    )
+    assert take({"executor:refund": 4, "callback:7": 4}) == Counter({"slack.render": 1})
+    assert take({}) == Counter({"executor.call": 4, "callback.send": 2})
 
 
 def add_agent(rt: Runtime, name: str = "support-bot") -> int:
