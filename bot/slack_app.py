@@ -22,7 +22,7 @@ from bot.runtime import Runtime
 from bot.settings import Settings
 from bot.slack import Directory
 from handlers.agent_api import RUNTIME
-from handlers.context import Services
+from handlers.context import Services, arrived
 from storage.db import transaction
 
 SLACK_APP: web.AppKey[AsyncApp] = web.AppKey("slack_app", AsyncApp)
@@ -135,6 +135,7 @@ def check_signature(headers: Mapping[str, str], body: bytes, *, secret: str, now
 
 async def slack_events(request: web.Request) -> web.Response:
     """Only correctly signed, fresh requests reach Bolt; refusals are audited (DenialLog)."""
+    arrived.set(time.monotonic())  # ack_when_done's budget counts from here; each request sets it
     raw = await request.read()
     verifier: SignatureVerifier = request.app[VERIFIER]
     why = check_signature(request.headers, raw, secret=verifier.signing_secret, now=verifier.clock.now())

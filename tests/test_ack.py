@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, cast
 
 import pytest
@@ -47,4 +48,27 @@ async def test_past_the_budget_the_ack_goes_first_with_the_late_text(monkeypatch
         return "done"
 
     assert await context.ack_when_done(cast(AsyncAck, ack), slow(), late_text="Still applying it") == "done"
+    assert order == ["ack {'text': 'Still applying it', 'response_type': 'ephemeral'}", "committed"]
+
+
+async def test_the_budget_counts_from_the_requests_arrival_not_the_listeners_start() -> None:
+    """Bolt's steps before the listener (its first auth.test, say) already spent Slack's time."""
+    order: list[str] = []
+
+    async def ack(**kwargs: Any) -> None:
+        order.append(f"ack {kwargs}")
+
+    async def change() -> str:
+        await asyncio.sleep(0.3)
+        order.append("committed")
+        return "done"
+
+    token = context.arrived.set(time.monotonic() - context.ACK_BUDGET)  # arrived a budget ago
+    try:
+        assert (
+            await context.ack_when_done(cast(AsyncAck, ack), change(), late_text="Still applying it")
+            == "done"
+        )
+    finally:
+        context.arrived.reset(token)
     assert order == ["ack {'text': 'Still applying it', 'response_type': 'ephemeral'}", "committed"]
