@@ -72,7 +72,7 @@ from sqlmodel import col
 from bot import agents, audit, decisions, drafts, intake, policy
 from bot.control import Control
 from bot.errors import Conflict, DecisionRefused, IdempotencyMismatch, NotFound
-from bot.outbox import RetryLater
+from bot.outbox import NotAttempted
 from bot.runtime import Runtime
 from bot.schemas import DoneIn, DraftIn
 from bot.settings import load_settings
@@ -836,7 +836,7 @@ class ReviewLoop(RuleBasedStateMachine):
         """The outbox worker's attempt: the same gate (`_begin`), then the recorded answer."""
         jobs = WebhookJobs(self.rt)
         if draft.status == "approved" and self.blocked(draft):
-            with pytest.raises(RetryLater):
+            with pytest.raises(NotAttempted):  # held: nothing sent, no attempt counted
                 jobs._begin(draft.id)
             return
         attempt = jobs._begin(draft.id)
