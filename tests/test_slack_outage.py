@@ -138,6 +138,28 @@ async def test_a_stopping_pacer_gives_back_the_posts_still_waiting_for_their_tur
     await pacer.wait("C0OTHER")  # a post whose turn has come still goes
 
 
+async def test_the_pacer_allows_a_burst_of_three_then_one_post_a_second() -> None:
+    now = [0.0]
+    pacer = ChannelPacer(clock=lambda: now[0])
+
+    async def goes_at_once() -> bool:
+        task = asyncio.create_task(pacer.wait("C0SUPPORT"))
+        await asyncio.sleep(0.05)  # a wait for its turn is at least a second of real time
+        if task.done():
+            return True
+        pacer.stop()
+        with pytest.raises(NotAttempted):
+            await task
+        pacer._stopping.clear()
+        return False
+
+    assert [await goes_at_once() for _ in range(4)] == [True, True, True, False]
+    now[0] = 1.0  # one second on: one more post, not a second burst
+    assert [await goes_at_once() for _ in range(2)] == [True, False]
+    now[0] = 60.0  # a long quiet spell refills the burst, and no more
+    assert [await goes_at_once() for _ in range(4)] == [True, True, True, False]
+
+
 async def test_a_server_stopping_with_a_posting_backlog_hands_it_back_and_the_next_posts_it_once(
     db_url: str, tmp_path: Path
 ) -> None:
