@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -122,8 +123,11 @@ def _dur(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(seconds % 60):02d}s"
 
 
-def build(rt: Runtime, day: date, *, until: datetime | None = None) -> Digest:
-    """Compute the digest of a local calendar day (up to `until` when it is today)."""
+def build(
+    rt: Runtime, day: date, *, until: datetime | None = None, people: Mapping[str, str] | None = None
+) -> Digest:
+    """Compute the digest of a local calendar day (up to `until` when it is today). `people` maps
+    Slack user ids to the names the digest shows (see _person)."""
     zone = rt.config.timezone
     start, end = policy.day_bounds(day, zone)
     if until is not None:
@@ -167,7 +171,7 @@ def build(rt: Runtime, day: date, *, until: datetime | None = None) -> Digest:
                 line.rejected += 1
                 line.reasons[(decision.reason or "").strip()] += 1
         cap_lines = _caps(session, rt, day)
-        pauses, periods = _control_events(session, start, end)
+        pauses, periods = _control_events(session, start, end, people or {})
         pending, oldest = session.execute(
             sa.select(sa.func.count(), sa.func.min(col(Draft.created_at))).where(
                 col(Draft.status) == "pending", col(Draft.created_at) < end
@@ -209,30 +213,46 @@ def _caps(session: Session, rt: Runtime, day: date) -> list[str]:
     return out
 
 
-def _control_events(session: Session, start: datetime, end: datetime) -> tuple[list[str], list[str]]:
-    events = session.exec(
-        select(AuditEvent)
-        .where(col(AuditEvent.at) >= start, col(AuditEvent.at) < end)
-        .where(
-            col(AuditEvent.action).in_(
-                ["agent.paused", "agent.resumed", "category.manual", "category.review"]
-            )
-        )
-        .order_by(col(AuditEvent.seq))
-    ).all()
+_CONTROL_ACTIONS = ("agent.paused", "agent.resumed", "category.manual", "category.review")
+
+
+def _control_audit(session: Session, start: datetime, end: datetime) -> list[AuditEvent]:
+    return list(
+        session.exec(
+            select(AuditEvent)
+            .where(col(AuditEvent.at) >= start, col(AuditEvent.at) < end)
+            .where(col(AuditEvent.action).in_(_CONTROL_ACTIONS))
+            .order_by(col(AuditEvent.seq))
+        ).all()
+    )
+
+
+def people_of(rt: Runtime, day: date) -> list[str]:
+    """The Slack users the digest of `day` names (who paused, resumed, switched to manual)."""
+    start, end = policy.day_bounds(day, rt.config.timezone)
+    with transaction(rt.engine, write=False) as session:
+        actors = {event.actor for event in _control_audit(session, start, end)}
+    return sorted(a.removeprefix("slack:") for a in actors if a.startswith("slack:U"))
+
+
+def _control_events(
+    session: Session, start: datetime, end: datetime, people: Mapping[str, str]
+) -> tuple[list[str], list[str]]:
     pauses, periods = [], []
-    for event in events:
+    for event in _control_audit(session, start, end):
         after = json.loads(event.after) or {}
         agent = event.subject.removeprefix("agent:")
         if event.action == "agent.paused":
-            who = "automatically" if event.actor.startswith("system:") else f"by {_person(event.actor)}"
+            who = (
+                "automatically" if event.actor.startswith("system:") else f"by {_person(event.actor, people)}"
+            )
             reason = escape_cut(str(after.get("reason") or "no reason given"), 200)
             pauses.append(f"{agent} paused at {event.at:%H:%M} UTC {who}: {reason}")
         elif event.action == "agent.resumed":
-            pauses.append(f"{agent} resumed at {event.at:%H:%M} UTC by {_person(event.actor)}")
+            pauses.append(f"{agent} resumed at {event.at:%H:%M} UTC by {_person(event.actor, people)}")
         elif event.action == "category.manual":
             periods.append(
-                f"{event.subject.removeprefix('category:')} manual from {event.at:%H:%M} UTC by {_person(event.actor)}"
+                f"{event.subject.removeprefix('category:')} manual from {event.at:%H:%M} UTC by {_person(event.actor, people)}"
             )
         elif event.action == "category.review":
             periods.append(
@@ -332,6 +352,11 @@ def sent_days(session: Session) -> list[str]:
     ]
 
 
-def _person(actor: str) -> str:
-    """An audit actor as the digest names it: a Slack user as a mention, anything else as is."""
-    return f"<@{actor.removeprefix('slack:')}>" if actor.startswith("slack:U") else actor
+def _person(actor: str, people: Mapping[str, str]) -> str:
+    """An audit actor as the digest names it, without notifying anyone every morning: a Slack
+    user by the name Slack gave (`people`), or by id when it is not known; anything else as is."""
+    if not actor.startswith("slack:U"):
+        return actor
+    user = actor.removeprefix("slack:")
+    name = people.get(user)
+    return f"@{escape_cut(name, 80)}" if name else user

@@ -182,6 +182,7 @@ class Directory:
     ttl: float = 300.0
     clock: Callable[[], float] = time.monotonic
     _users: dict[str, tuple[float, policy.Reviewer]] = field(default_factory=dict)
+    _names: dict[str, str] = field(default_factory=dict)  # user id: the name Slack shows
     _groups: dict[str, tuple[float, frozenset[str]]] = field(default_factory=dict)
 
     async def reviewer(self, user_id: str) -> policy.Reviewer:
@@ -198,7 +199,23 @@ class Directory:
             is_guest=bool(user.get("is_restricted")) or bool(user.get("is_ultra_restricted")),
         )
         self._users[user_id] = (self.clock(), reviewer)
+        profile = user.get("profile") or {}
+        shown = (
+            profile.get("display_name")
+            or profile.get("real_name")
+            or user.get("real_name")
+            or user.get("name")
+        )
+        if shown:
+            self._names[user_id] = str(shown)
         return reviewer
+
+    async def names(self, user_ids: list[str]) -> dict[str, str]:
+        """The names Slack shows for these users; one it cannot tell now is left out."""
+        for user_id in user_ids:
+            with contextlib.suppress(SlackApiError):
+                await self.reviewer(user_id)
+        return {u: self._names[u] for u in user_ids if u in self._names}
 
     async def reviewers(self, category: Category) -> frozenset[str]:
         """The category's reviewers: listed ids plus the members of its user group."""
@@ -234,7 +251,11 @@ class SlackJobs:
         """Post a day's digest and its 7-day trend chart to the digest channel."""
         payload = json.loads(job.payload)
         day, channel = date.fromisoformat(payload["day"]), self.rt.config.digest_channel or ""
-        built = await asyncio.to_thread(digest.build, self.rt, day)
+        # Named, not @-mentioned: a mention would notify everyone named, every morning.
+        people = await Directory(client=self.client).names(
+            await asyncio.to_thread(digest.people_of, self.rt, day)
+        )
+        built = await asyncio.to_thread(digest.build, self.rt, day, people=people)
         built.late = bool(payload.get("late"))
         try:
             text = chart = True

@@ -5,7 +5,7 @@ import struct
 import subprocess
 import sys
 import zlib
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from bot import agents, chart, decisions, digest, intake, policy
@@ -148,13 +148,15 @@ def test_the_digest_lists_every_pause_and_counts_failures_and_unknown_outcomes(
         ]
         conn.exec_driver_sql(f"UPDATE draft SET status = 'failed' WHERE id = '{ids[0]}'")
         conn.exec_driver_sql(f"UPDATE draft SET status = 'needs_reconciliation' WHERE id = '{ids[1]}'")
-    built = digest.build(rt, date(2026, 11, 24))
+    assert digest.people_of(rt, date(2026, 11, 24)) == ["U0ADMIN", "U0ALICE"]
+    built = digest.build(rt, date(2026, 11, 24), people={"U0ALICE": "alice <b>"})
     line = built.lines[("support-bot", "refund")]
     assert (line.failed, line.needs_reconciliation) == (1, 1)
     text = built.text()
-    assert "support-bot paused at 16:00 UTC by <@U0ALICE>: refunds look &lt;!channel&gt; wrong" in text
-    assert "support-bot resumed at 16:05 UTC by <@U0ADMIN>" in text
-    assert "<!channel>" not in text
+    # Named, never @-mentioned (a mention would notify them every morning); an unknown name is the id.
+    assert "support-bot paused at 16:00 UTC by @alice &lt;b&gt;: refunds look &lt;!channel&gt; wrong" in text
+    assert "support-bot resumed at 16:05 UTC by U0ADMIN" in text
+    assert "<!channel>" not in text and "<@" not in text
 
 
 def test_a_digest_no_replica_posted_is_posted_late_but_a_new_install_posts_no_backlog(
@@ -228,6 +230,28 @@ async def test_scheduled_digest_is_posted_once_with_its_chart(db_url: str, tmp_p
         assert (
             len([c for c in h.slack.calls("chat.postMessage") if c.params.get("channel") == "C0AUDIT"]) == 1
         )
+
+
+async def test_the_posted_digest_names_who_paused_by_their_slack_name(db_url: str, tmp_path: Path) -> None:
+    async with harness(db_url, tmp_path, digest_due=True) as h:
+        assert "Paused" in await h.command("U0ALICE", "pause support-bot checking refunds")
+        assert "Resumed" in await h.command("U0ADMIN", "resume support-bot checked")
+        local = h.clock().astimezone(h.rt.config.timezone)
+        tomorrow = datetime.combine(
+            local.date() + timedelta(days=1), h.rt.config.digest_at, tzinfo=local.tzinfo
+        )
+        h.clock.offset += tomorrow - local + timedelta(minutes=1)  # the next morning: today's digest
+        header = f"*Countersign daily digest — {local.date().isoformat()}*"
+        posts = await eventually(
+            lambda: [
+                c.params["text"]
+                for c in h.slack.calls("chat.postMessage")
+                if c.params.get("channel") == "C0AUDIT" and c.params.get("text", "").startswith(header)
+            ]
+        )
+        assert "support-bot paused at" in posts[0] and "by @alice: checking refunds" in posts[0]
+        assert "support-bot resumed at" in posts[0] and "by @admin" in posts[0]
+        assert "<@" not in posts[0]
 
 
 async def test_a_retried_digest_job_posts_only_what_slack_does_not_show_yet(
