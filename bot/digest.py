@@ -11,7 +11,7 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -304,7 +304,7 @@ def _existed_on(rt: Runtime, day: date) -> bool:
     audit log begins today (with the first agent added), so that digest would be an empty one,
     posted late. An older installation, or one that was down all day, has an earlier event.
     """
-    end = datetime.combine(day + timedelta(days=1), time(), tzinfo=rt.config.timezone)
+    _, end = policy.day_bounds(day, rt.config.timezone)
     with transaction(rt.engine, write=False) as session:
         first = session.exec(select(AuditEvent.at).order_by(col(AuditEvent.seq)).limit(1)).first()
     return first is not None and first < end

@@ -11,19 +11,29 @@ from slack_bolt.async_app import AsyncAck
 
 from handlers import context
 
+LATE = "ack {'text': 'Still applying it', 'response_type': 'ephemeral'}"
 
-async def test_the_ack_follows_the_change_and_a_failure_is_acked_then_raised() -> None:
-    order: list[str] = []
+
+def recording_ack(order: list[str]) -> AsyncAck:
+    """A stand-in for Bolt's ack that notes each call, with its arguments, in `order`."""
 
     async def ack(**kwargs: Any) -> None:
         order.append(f"ack {kwargs}")
 
-    async def change() -> str:
-        await asyncio.sleep(0.05)
-        order.append("committed")
-        return "done"
+    return cast(AsyncAck, ack)
 
-    assert await context.ack_when_done(cast(AsyncAck, ack), change()) == "done"
+
+async def commit_after(seconds: float, order: list[str]) -> str:
+    """A change that commits after `seconds`."""
+    await asyncio.sleep(seconds)
+    order.append("committed")
+    return "done"
+
+
+async def test_the_ack_follows_the_change_and_a_failure_is_acked_then_raised() -> None:
+    order: list[str] = []
+    ack = recording_ack(order)
+    assert await context.ack_when_done(ack, commit_after(0.05, order)) == "done"
     assert order == ["committed", "ack {}"]
 
     async def broken() -> None:
@@ -31,44 +41,29 @@ async def test_the_ack_follows_the_change_and_a_failure_is_acked_then_raised() -
 
     order.clear()
     with pytest.raises(RuntimeError):
-        await context.ack_when_done(cast(AsyncAck, ack), broken())
+        await context.ack_when_done(ack, broken())
     assert order == ["ack {}"]
 
 
 async def test_past_the_budget_the_ack_goes_first_with_the_late_text(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(context, "ACK_BUDGET", 0.05)
     order: list[str] = []
-
-    async def ack(**kwargs: Any) -> None:
-        order.append(f"ack {kwargs}")
-
-    async def slow() -> str:
-        await asyncio.sleep(0.3)
-        order.append("committed")
-        return "done"
-
-    assert await context.ack_when_done(cast(AsyncAck, ack), slow(), late_text="Still applying it") == "done"
-    assert order == ["ack {'text': 'Still applying it', 'response_type': 'ephemeral'}", "committed"]
+    late = context.ack_when_done(
+        recording_ack(order), commit_after(0.3, order), late_text="Still applying it"
+    )
+    assert await late == "done"
+    assert order == [LATE, "committed"]
 
 
 async def test_the_budget_counts_from_the_requests_arrival_not_the_listeners_start() -> None:
     """Bolt's steps before the listener (its first auth.test, say) already spent Slack's time."""
     order: list[str] = []
-
-    async def ack(**kwargs: Any) -> None:
-        order.append(f"ack {kwargs}")
-
-    async def change() -> str:
-        await asyncio.sleep(0.3)
-        order.append("committed")
-        return "done"
-
     token = context.arrived.set(time.monotonic() - context.ACK_BUDGET)  # arrived a budget ago
     try:
-        assert (
-            await context.ack_when_done(cast(AsyncAck, ack), change(), late_text="Still applying it")
-            == "done"
+        late = context.ack_when_done(
+            recording_ack(order), commit_after(0.3, order), late_text="Still applying it"
         )
+        assert await late == "done"
     finally:
         context.arrived.reset(token)
-    assert order == ["ack {'text': 'Still applying it', 'response_type': 'ephemeral'}", "committed"]
+    assert order == [LATE, "committed"]
