@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +16,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from aiohttp.test_utils import TestClient, TestServer
 from sqlmodel import col
+from standardwebhooks import Webhook
 
 from bot import agents, audit, digest
 from bot.app import Options, create_app
@@ -25,7 +28,7 @@ from storage.db import transaction
 from storage.tables import Draft, ScheduleClaim
 from tests.conftest import SIGNING_SECRET, make_env, write_config
 from tests.doubles import signing
-from tests.doubles.receiver import Receiver
+from tests.doubles.receiver import Received, Receiver
 from tests.doubles.slack_api import SlackDouble
 
 T = TypeVar("T")
@@ -47,10 +50,15 @@ HELD = SLACK_TIMEOUT + 2
 
 
 class ShiftedClock:
-    """Real time plus an offset the test can push forward (expiry, leases)."""
+    """Real time plus an offset the test can push forward (expiry, leases).
+
+    COUNTERSIGN_TEST_HOURS_AHEAD starts every harness that many hours ahead, to run the tests as
+    if at another hour of the day (the digest is due from 09:00 New York time, days end at
+    midnight): `COUNTERSIGN_TEST_HOURS_AHEAD=15 pytest tests/test_digest.py`.
+    """
 
     def __init__(self) -> None:
-        self.offset = timedelta(0)
+        self.offset = timedelta(hours=float(os.environ.get("COUNTERSIGN_TEST_HOURS_AHEAD", "0")))
 
     def __call__(self) -> datetime:
         return datetime.now(UTC) + self.offset
@@ -98,6 +106,17 @@ class Harness:
 
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
+
+    def verify_webhook(self, secret: str, received: Received) -> Any:
+        """A signed delivery's JSON, checked as standardwebhooks' `Webhook.verify` checks it but with
+        its timestamp judged by this harness's clock: `verify` reads the host's clock, which is hours
+        behind the one the server signed with under COUNTERSIGN_TEST_HOURS_AHEAD."""
+        headers = {k.lower(): v for k, v in received.headers.items()}
+        sent = datetime.fromtimestamp(int(headers["webhook-timestamp"]), UTC)
+        assert abs(self.clock() - sent) <= timedelta(minutes=5), f"signed at {sent}, now {self.clock()}"
+        expected = Webhook(secret).sign(headers["webhook-id"], sent, received.body.decode())
+        assert expected in headers["webhook-signature"].split(" "), "no matching signature"
+        return json.loads(received.body)
 
     async def submit(self, **fields: Any) -> dict[str, Any]:
         body = {
@@ -241,7 +260,8 @@ async def harness(
     post one at startup for part of each day only. Unless `digest_due`, the harness starts with
     that digest already claimed, so tests see the same Slack traffic at any hour.
     """
-    slack = SlackDouble(users=USERS)
+    clock = ShiftedClock()
+    slack = SlackDouble(users=USERS, wall=lambda: clock().timestamp())
     executor, callbacks = Receiver(), Receiver()
     await slack.start()
     await executor.start()
@@ -249,7 +269,6 @@ async def harness(
     try:
         config = write_config(tmp_path, executor_url=executor.url + "/refunds", extra=extra_config)
         settings = load_settings(make_env(db_url, config, slack.base_url) | (env or {}))
-        clock = ShiftedClock()
         options = Options(
             clock=clock,
             outbox_poll=0.02,

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlmodel import col
-from standardwebhooks import Webhook
 
 from bot.slack_app import DenialLog
 from handlers import ids
@@ -49,7 +48,7 @@ async def test_approve_executes_once_signed_and_updates_message(h: Harness) -> N
     assert len(h.executor.requests) == 1
     request = h.executor.requests[0]
     assert request.headers["Idempotency-Key"] == created["id"] == request.headers["webhook-id"]
-    payload = Webhook(EXECUTOR_SECRET).verify(request.body, request.headers)
+    payload = h.verify_webhook(EXECUTOR_SECRET, request)
     assert payload["draft_id"] == created["id"] and payload["amount"] == "30.00"
     assert payload["approvers"] == ["U0ALICE"]
 
@@ -117,7 +116,7 @@ async def test_reject_requires_a_reason_and_returns_it_to_the_agent(h: Harness) 
     ]
     assert h.executor.requests == []
     callback = await eventually(lambda: h.callbacks.requests)
-    body = Webhook(h.callback_secret).verify(callback[0].body, callback[0].headers)
+    body = h.verify_webhook(h.callback_secret, callback[0])
     assert body["type"] == "draft.rejected" and body["draft"]["status"] == "rejected"
 
 
@@ -188,7 +187,7 @@ async def test_callbacks_follow_every_status_change_signed_for_the_agent(h: Harn
     await h.click("U0ALICE", ids.APPROVE, created["id"])
     await h.status(created["id"], "executed")
     requests = await eventually(lambda: h.callbacks.requests if len(h.callbacks.requests) >= 2 else None)
-    events = [Webhook(h.callback_secret).verify(r.body, r.headers)["type"] for r in requests]
+    events = [h.verify_webhook(h.callback_secret, r)["type"] for r in requests]
     assert events == ["draft.approved", "draft.executed"]
 
 

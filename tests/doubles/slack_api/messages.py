@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from tests.doubles.slack_api.block_kit import MAX_MESSAGE_BLOCKS, blocks_problems, invalid_blocks
 from tests.doubles.slack_api.calls import _error
 from tests.doubles.slack_api.workspace import APP_ID, BOT_ID, BOT_USER_ID, JSON, TEAM_ID
@@ -54,5 +52,5 @@ def _wire_message(record: JSON) -> JSON:
     if record["attachments"]:
         message["attachments"] = record["attachments"]
     if record["history"]:
-        message["edited"] = {"user": BOT_USER_ID, "ts": f"{time.time():.6f}"}
+        message["edited"] = {"user": BOT_USER_ID, "ts": record["edited_ts"]}
     return message

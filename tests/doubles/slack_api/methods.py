@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tests.doubles.slack_api.block_kit import invalid_arguments, view_problems
@@ -30,6 +31,7 @@ class _WebApiMethods:
     _buckets: dict[str, tuple[float, float]]
     _counter: int
     _last_ts_us: int
+    wall: Callable[[], float]
 
     # Provided by SlackDouble and its other parts; declared here for type checkers only.
     if TYPE_CHECKING:
@@ -280,7 +282,7 @@ class _WebApiMethods:
 
     def _next_ts(self) -> str:
         # Slack ts: wall-clock seconds and a 6-digit fraction, unique and increasing.
-        self._last_ts_us = max(int(time.time() * 1_000_000), self._last_ts_us + 1)
+        self._last_ts_us = max(int(self.wall() * 1_000_000), self._last_ts_us + 1)
         return f"{self._last_ts_us // 1_000_000}.{self._last_ts_us % 1_000_000:06d}"
 
     def _new_view(self, spec: JSON, *, view_id: str | None = None) -> JSON:
@@ -295,7 +297,7 @@ class _WebApiMethods:
             "callback_id": spec.get("callback_id", ""),
             "external_id": spec.get("external_id", ""),
             "state": {"values": {}},
-            "hash": f"{int(time.time())}.{os.urandom(4).hex()}",
+            "hash": f"{int(self.wall())}.{os.urandom(4).hex()}",
             "title": spec.get("title"),
             "submit": spec.get("submit"),
             "close": spec.get("close"),
@@ -308,6 +310,7 @@ class _WebApiMethods:
 
     def _store_version(self, record: JSON, params: JSON) -> None:
         record["history"].append({k: record.get(k) for k in ("text", "blocks", "attachments", "metadata")})
+        record["edited_ts"] = f"{self.wall():.6f}"
         _apply_content(record, params, replacing=True)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -24,6 +25,7 @@ class _ResponseUrls:
     responses: list[JSON]
     _response_targets: dict[str, tuple[str, str]]
     _counter: int
+    wall: Callable[[], float]
 
     # Provided by SlackDouble and its other parts; declared here for type checkers only.
     if TYPE_CHECKING:
@@ -57,7 +59,7 @@ class _ResponseUrls:
             "use": sum(1 for r in self.responses if r["path"] == request.path) + 1,
             "status": 200,
             "monotonic": time.monotonic(),
-            "wall": time.time(),
+            "wall": self.wall(),
         }
         self.responses.append(entry)
         reply = await self._respond_to_response_url(request.path, raw, entry)

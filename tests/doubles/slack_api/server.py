@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from aiohttp import web
@@ -45,8 +45,13 @@ class SlackDouble(_WebApiMethods, _ResponseUrls, _Faults):
         latency: float = 0.0,
         enforce_channel_rate: bool = False,
         socket_mode_url: str | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.bot_token = bot_token
+        # Slack's clock, for message ts and the like: a test that moves the app's clock (hours
+        # ahead, to when the digest is due) moves this one with it, or a history lookup "since
+        # the job was queued" would find none of the messages Slack stamped in real time.
+        self.wall = wall
         self.app_token = app_token
         self.users: dict[str, JSON] = {}
         self.usergroups: dict[str, list[str]] = {}
@@ -188,7 +193,7 @@ class SlackDouble(_WebApiMethods, _ResponseUrls, _Faults):
             headers={k.lower(): v for k, v in request.headers.items()},
             params=params,
             monotonic=time.monotonic(),
-            wall=time.time(),
+            wall=self.wall(),
         )
         self._calls.append(call)
         if self.latency:
