@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -314,3 +317,32 @@ async def test_reviewer_uses_configured_model_and_timeout_when_built_from_settin
     assert result.status == "ok"
     assert reviewer.timeout == timedelta(seconds=3)
     assert api.requests[0].body["model"] == "claude-haiku-4-5"
+
+
+# Builds the whole server in a fresh interpreter, then names the anthropic modules it loaded.
+_LOADED_SDK = """
+import sys
+from pathlib import Path
+from bot.app import create_app
+from bot.settings import load_settings
+from tests.conftest import make_env, write_config
+path, key = Path(sys.argv[1]), sys.argv[2]
+env = make_env(f"sqlite:///{path}/countersign.db", write_config(path)) | ({"ANTHROPIC_API_KEY": key} if key else {})
+create_app(load_settings(env))
+print(sorted(name for name in sys.modules if name.split(".")[0] == "anthropic")[:1])
+"""
+
+
+@pytest.mark.parametrize("key", ["", DEFAULT_API_KEY])
+def test_only_a_server_with_an_api_key_loads_the_anthropic_sdk(tmp_path: Path, key: str) -> None:
+    """Importing the SDK costs seconds of CPU and tens of MB at every start (kill -9 recovery,
+    deploys): a server that will never call Claude must not pay for it."""
+    out = subprocess.run(
+        [sys.executable, "-c", _LOADED_SDK, str(tmp_path), key],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+    ).stdout
+    assert out.strip() == ("['anthropic']" if key else "[]")
