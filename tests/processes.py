@@ -4,7 +4,7 @@
 - `ExecutorProcess`: a webhook receiver playing the executor in its own process. It records every
   request (Idempotency-Key, webhook-id, body, wall-clock arrival and answer times) and answers as
   scripted: a status, a Retry-After, or holding the request until the test releases it.
-  `python -m tests.processes executor --port 0` runs one by hand.
+  `python -m tests.doubles.executor_process --port 0` runs one by hand.
 - `fire`: POST pre-signed requests from several client processes, all released at one instant.
 - `Cluster`: the Slack double process, an executor process and any number of servers on one
   database, plus the agent-side and Slack-side moves the tests make (submit, click, /agent).
@@ -17,8 +17,6 @@ holding a port or a database.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import base64
 import contextlib
 import itertools
@@ -26,21 +24,18 @@ import json
 import os
 import secrets
 import select
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from aiohttp import web
 from sqlalchemy.engine import Engine
 
 from bot import agents
@@ -213,85 +208,6 @@ class ServerProcess:
 # -- the executor: a webhook receiver in its own process -----------------------------------------
 
 
-class _Receiver:
-    """Records every POST and answers per the script; see ExecutorProcess.script."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.answers: deque[dict[str, Any]] = deque()
-        self.default: dict[str, Any] = {"status": 200}
-        self.released = asyncio.Event()
-
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=16 * 1024 * 1024)
-        app.router.add_get("/_receiver/requests", self._requests)
-        app.router.add_post("/_receiver/script", self._script)
-        app.router.add_post("/_receiver/release", self._release)
-        app.router.add_post("/{tail:.*}", self._handle)
-        return app
-
-    async def _requests(self, request: web.Request) -> web.Response:
-        return web.json_response(self.requests)
-
-    async def _script(self, request: web.Request) -> web.Response:
-        spec = await request.json()
-        self.answers.extend(spec.get("answers", []))
-        if "default" in spec:
-            self.default = spec["default"]
-        return web.json_response({"ok": True})
-
-    async def _release(self, request: web.Request) -> web.Response:
-        self.released.set()
-        return web.json_response({"ok": True})
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        record: dict[str, Any] = {
-            "path": request.path,
-            "key": request.headers.get("Idempotency-Key"),
-            "webhook_id": request.headers.get("webhook-id"),
-            "headers": dict(request.headers),
-            "body": body.decode(errors="replace"),
-            "arrived": time.time(),
-            "answered": None,
-            "status": None,
-        }
-        self.requests.append(record)
-        answer = self.answers.popleft() if self.answers else self.default
-        if answer.get("hold"):
-            # In flight until the test releases it; bounded below Countersign's 10 s webhook timeout.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.released.wait(), float(answer.get("hold_max", 8.0)))
-        if answer.get("delay"):
-            await asyncio.sleep(float(answer["delay"]))
-        status = int(answer.get("status", 200))
-        headers = {"Retry-After": str(answer["retry_after"])} if answer.get("retry_after") else {}
-        record["answered"], record["status"] = time.time(), status
-        return web.json_response({"status": status}, status=status, headers=headers)
-
-
-async def _serve_receiver(port: int) -> None:
-    runner = web.AppRunner(_Receiver().app(), access_log=None, handle_signals=False, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    stdin = sys.stdin.fileno()
-
-    def on_stdin() -> None:
-        # The parent went away without stopping us.
-        if not os.read(stdin, 4096):
-            loop.remove_reader(stdin)
-            stop.set()
-
-    loop.add_reader(stdin, on_stdin)
-    print(f"READY {runner.addresses[0][1]}", flush=True)
-    await stop.wait()
-    await runner.cleanup()
-
-
 class ExecutorProcess:
     """The executor (a webhook receiver) in a child process, driven over /_receiver/* endpoints."""
 
@@ -300,7 +216,7 @@ class ExecutorProcess:
         self.process: subprocess.Popen[str] | None = None
 
     def spawn(self) -> None:
-        argv = [sys.executable, "-m", "tests.processes", "executor", "--port", "0"]
+        argv = [sys.executable, "-m", "tests.doubles.executor_process", "--port", "0"]
         self.process = subprocess.Popen(
             guarded(argv), cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -662,15 +578,3 @@ class Cluster:
     def scalar(self, sql: str, **params: Any) -> Any:
         with self.reader.connect() as conn:
             return conn.execute(sa.text(sql), params).scalar()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.processes", description=__doc__)
-    parser.add_argument("role", choices=["executor"])
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed after READY)")
-    args = parser.parse_args(argv)
-    asyncio.run(_serve_receiver(args.port))
-
-
-if __name__ == "__main__":
-    main()
