@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import signal
-import sys
 import time
 from collections import deque
 from typing import Any
 
 from aiohttp import web
+
+from tests.doubles.lifetime import stop_requested
 
 
 class _Receiver:
@@ -85,19 +84,7 @@ async def _serve_receiver(port: int) -> None:
     runner = web.AppRunner(_Receiver().app(), access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    stdin = sys.stdin.fileno()
-
-    def on_stdin() -> None:
-        # The parent went away without stopping us.
-        if not os.read(stdin, 4096):
-            loop.remove_reader(stdin)
-            stop.set()
-
-    loop.add_reader(stdin, on_stdin)
+    stop = stop_requested()
     print(f"READY {runner.addresses[0][1]}", flush=True)
     await stop.wait()
     await runner.cleanup()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from tests.doubles.lifetime import stop_requested
 from tests.doubles.slack_api.calls import Call
 from tests.doubles.slack_api.server import SlackDouble
 from tests.doubles.slack_api.workspace import DEFAULT_BOT_TOKEN, JSON
@@ -45,19 +44,7 @@ async def _serve(port: int, bot_token: str, config: JSON, exit_on_stdin_eof: boo
             setattr(double, attr, config.pop(attr))
     double.configure(**config)
     await double.start(port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if exit_on_stdin_eof:
-        stdin = sys.stdin.fileno()
-
-        def on_stdin() -> None:
-            if not os.read(stdin, 4096):
-                loop.remove_reader(stdin)
-                stop.set()
-
-        loop.add_reader(stdin, on_stdin)
+    stop = stop_requested(watch_stdin=exit_on_stdin_eof)
     print(f"READY {double.port}", flush=True)
     await stop.wait()
     await double.stop()
