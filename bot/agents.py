@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -114,6 +115,41 @@ def rotate(rt: Runtime, *, name: str) -> str:
             session, at=now, actor="operator:cli", action="agent.token_rotated", subject=f"agent:{name}"
         )
     return token
+
+
+def rotate_callback_secret(rt: Runtime, *, name: str, overlap: timedelta) -> tuple[str, datetime | None]:
+    """Issue a new callback secret; return it and when the one it replaces stops signing.
+
+    Until then callbacks carry a signature by each, so the agent can switch to the new secret
+    without refusing a callback; with no overlap the old one stops at once (it leaked)."""
+    if overlap < timedelta(0):
+        raise Invalid("the overlap cannot be negative", field="overlap")
+    secret, now = new_webhook_secret(), rt.clock()
+    with transaction(rt.engine, audited=True) as session:
+        agent = _by_name(rt, name, session)
+        until = now + overlap if overlap else None
+        agent.previous_callback_secret = agent.callback_secret if until else None
+        agent.previous_callback_secret_until = until
+        agent.callback_secret = secret
+        session.add(agent)
+        audit.append(
+            session,
+            at=now,
+            actor="operator:cli",
+            action="agent.callback_secret_rotated",
+            subject=f"agent:{name}",
+            after={"previous_secret_signs_until": until.isoformat() if until else None},
+        )
+    return secret, until
+
+
+def callback_secrets(agent: Agent, now: datetime) -> str:
+    """What signs the agent's callbacks, as `webhooks.sign` takes it: its secret, followed during a
+    rotation's overlap by the one it replaced."""
+    until = agent.previous_callback_secret_until
+    if agent.previous_callback_secret and until is not None and now < until:
+        return f"{agent.callback_secret} {agent.previous_callback_secret}"
+    return agent.callback_secret
 
 
 def remove(rt: Runtime, *, name: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -16,7 +16,14 @@ import typer
 
 from bot.errors import CountersignError
 from bot.runtime import Runtime
-from bot.settings import ConfigError, Settings, check_config, load_settings, missing_slack_credentials
+from bot.settings import (
+    ConfigError,
+    Settings,
+    check_config,
+    load_settings,
+    missing_slack_credentials,
+    parse_duration,
+)
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Slack-native approval gate for AI agents."
@@ -192,16 +199,50 @@ def agents_list() -> None:
 
 
 @agents_app.command("rotate")
-def agents_rotate(name: str) -> None:
-    """Revoke the agent's token and print a new one."""
+def agents_rotate(
+    name: str,
+    callback_secret: Annotated[
+        bool,
+        typer.Option(
+            "--callback-secret",
+            help="Rotate the callback signing secret instead of the token.",
+        ),
+    ] = False,
+    overlap: Annotated[
+        str,
+        typer.Option(
+            help="With --callback-secret: how long the old secret also signs callbacks (e.g. 24h; 0 stops it at once)."
+        ),
+    ] = "24h",
+) -> None:
+    """Revoke the agent's token and print a new one; or, with --callback-secret, its callback secret."""
     from bot import agents
 
     rt = runtime(settings_or_exit())
+    if not callback_secret:
+        try:
+            token = agents.rotate(rt, name=name)
+        except CountersignError as exc:
+            fail(exc.message, 2)
+        typer.echo(f"token: {token}")
+        return
     try:
-        token = agents.rotate(rt, name=name)
+        kept = timedelta(0) if overlap.strip() in ("0", "0s") else parse_duration(overlap)
+    except ValueError as exc:
+        fail(f"--overlap: {exc}", 2)
+    try:
+        secret, until = agents.rotate_callback_secret(rt, name=name, overlap=kept)
     except CountersignError as exc:
         fail(exc.message, 2)
-    typer.echo(f"token: {token}")
+    typer.echo(f"callback_secret: {secret}")
+    if until is not None:
+        typer.echo(
+            f"Callbacks carry a signature by the old secret too until {until:%Y-%m-%d %H:%M:%S} UTC.",
+            err=True,
+        )
+    else:
+        typer.echo("The old secret signs no callback from now on.", err=True)
+    typer.echo("Store the new secret now: it is not shown again.", err=True)
 
 
 @agents_app.command("remove")

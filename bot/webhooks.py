@@ -24,7 +24,7 @@ from aiohttp.abc import AbstractResolver
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
-from bot import audit, caps, crashpoints, netguard, policy
+from bot import agents, audit, caps, crashpoints, netguard, policy
 from bot.drafts import agent_view, record_change
 from bot.mrkdwn import escape, escape_cut
 from bot.outbox import NotAttempted, RetryLater
@@ -348,7 +348,8 @@ class WebhookJobs:
                 if agent is None:
                     return None
                 body = {"type": payload["event"], "draft": agent_view(session, draft)}
-                return draft.callback_url, agent.callback_secret, json.dumps(body).encode()
+                secrets = agents.callback_secrets(agent, self.rt.clock())
+                return draft.callback_url, secrets, json.dumps(body).encode()
 
         loaded = await asyncio.to_thread(load)
         if loaded is None:

@@ -71,6 +71,10 @@ class Agent(SQLModel, table=True):
     categories: str = ""  # comma-separated category names
     callback_prefixes: str = "[]"  # JSON list of URL prefixes an operator registered
     callback_secret: str  # whsec_…; kept to sign callbacks, shown once by `agents add`
+    # After `agents rotate --callback-secret`: the secret it replaced, which also signs callbacks
+    # until `previous_callback_secret_until`, so the agent can switch without refusing any.
+    previous_callback_secret: str | None = None
+    previous_callback_secret_until: datetime | None = _utc(default=None, nullable=True)
     state: str = "active"
     paused_by: str | None = None
     paused_at: datetime | None = _utc(default=None, nullable=True)

@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from bot import agents
+from bot import agents, audit
 from bot.errors import Unauthorized
 from bot.runtime import Runtime
 from bot.settings import load_settings
@@ -173,6 +175,62 @@ def test_agents_rotate_revokes_the_old_token_and_prints_a_new_one(
     assert agents.authenticate(runtime, new).name == "support-bot"
     with pytest.raises(Unauthorized):
         agents.authenticate(runtime, old)
+
+
+def stored_agent(runtime: Runtime) -> tuple[Any, ...]:
+    with runtime.engine.connect() as conn:
+        row = conn.execute(
+            sa.text(
+                "SELECT callback_secret, previous_callback_secret, previous_callback_secret_until"
+                " FROM agent WHERE name = 'support-bot'"
+            )
+        ).one()
+    return tuple(row)
+
+
+def test_agents_rotate_callback_secret_keeps_the_old_one_signing_for_the_overlap_and_the_token(
+    env: dict[str, str], runtime: Runtime
+) -> None:
+    token = register(runtime)
+    (old, _, _) = stored_agent(runtime)
+    before = datetime.now(UTC)
+    done = run(env, "agents", "rotate", "support-bot", "--callback-secret", "--overlap", "2h")
+    assert done.returncode == 0, done.stderr
+    new = printed(done.stdout, "callback_secret")
+    assert new.startswith("whsec_") and new != old and "token" not in done.stdout
+    assert "until" in done.stderr and old not in done.stdout + done.stderr
+    secret, previous, until = stored_agent(runtime)
+    assert (secret, previous) == (new, old)
+    until = until if isinstance(until, datetime) else datetime.fromisoformat(until)
+    until = until if until.tzinfo else until.replace(tzinfo=UTC)
+    assert before + timedelta(hours=2) <= until <= datetime.now(UTC) + timedelta(hours=2)
+    assert agents.authenticate(runtime, token).name == "support-bot"  # the token is untouched
+    lines = list(audit.export(runtime.engine, since=None, fmt="jsonl"))
+    assert json.loads(lines[-1])["action"] == "agent.callback_secret_rotated"
+    assert new not in "".join(lines) and old not in "".join(lines)
+
+    # No overlap: a leaked secret stops signing at once.
+    done = run(env, "agents", "rotate", "support-bot", "--callback-secret", "--overlap", "0")
+    assert done.returncode == 0, done.stderr
+    assert stored_agent(runtime) == (printed(done.stdout, "callback_secret"), None, None)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["support-bot", "--callback-secret", "--overlap", "soon"], "--overlap: not a duration"),
+        (["support-bot", "--callback-secret", "--overlap", "-1h"], "--overlap: not a duration"),
+        (["ghost-bot", "--callback-secret"], "ghost-bot"),
+    ],
+)
+def test_a_refused_callback_secret_rotation_exits_2_and_changes_nothing(
+    env: dict[str, str], runtime: Runtime, args: list[str], message: str
+) -> None:
+    register(runtime)
+    before = stored_agent(runtime)
+    done = run(env, "agents", "rotate", *args)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert stored_agent(runtime) == before
 
 
 def test_agents_remove_revokes_the_token_and_keeps_the_agent_listed_as_removed(

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,13 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import col
 
+from bot import agents
 from bot.slack_app import DenialLog
 from handlers import ids
 from storage.tables import AuditEvent, Draft
 from tests.conftest import EXECUTOR_SECRET, SIGNING_SECRET
 from tests.doubles import signing
+from tests.doubles.receiver import Received
 from tests.harness import Harness, edit_values, eventually, harness
 
 
@@ -189,6 +192,29 @@ async def test_callbacks_follow_every_status_change_signed_for_the_agent(h: Harn
     requests = await eventually(lambda: h.callbacks.requests if len(h.callbacks.requests) >= 2 else None)
     events = [h.verify_webhook(h.callback_secret, r)["type"] for r in requests]
     assert events == ["draft.approved", "draft.executed"]
+
+
+async def test_a_rotated_callback_secret_signs_beside_the_old_one_until_the_overlap_ends(h: Harness) -> None:
+    new, _ = agents.rotate_callback_secret(h.rt, name="support-bot", overlap=timedelta(hours=1))
+
+    async def callbacks_of_an_approval() -> list[Received]:
+        seen = len(h.callbacks.requests)
+        created = await h.submit(callback_url=h.callbacks.url + "/hook")
+        await h.click("U0ALICE", ids.APPROVE, created["id"])
+        await h.status(created["id"], "executed")
+        return await eventually(
+            lambda: h.callbacks.requests[seen:] if len(h.callbacks.requests) >= seen + 2 else None
+        )
+
+    # During the overlap each callback carries two signatures: an agent holding either secret accepts it.
+    for request in await callbacks_of_an_approval():
+        assert len(request.headers["webhook-signature"].split(" ")) == 2
+        assert h.verify_webhook(new, request) == h.verify_webhook(h.callback_secret, request)
+    h.clock.advance(hours=1, seconds=1)
+    for request in await callbacks_of_an_approval():
+        assert h.verify_webhook(new, request)["type"].startswith("draft.")
+        with pytest.raises(AssertionError, match="no matching signature"):
+            h.verify_webhook(h.callback_secret, request)
 
 
 async def test_failing_callback_never_blocks_the_draft(h: Harness) -> None:
