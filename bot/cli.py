@@ -209,17 +209,19 @@ def agents_rotate(
         ),
     ] = False,
     overlap: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="With --callback-secret: how long the old secret also signs callbacks (e.g. 24h; 0 stops it at once)."
+            help="With --callback-secret: how long the old secret also signs callbacks (default 24h; 0 stops it at once)."
         ),
-    ] = "24h",
+    ] = None,
 ) -> None:
     """Revoke the agent's token and print a new one; or, with --callback-secret, its callback secret."""
     from bot import agents
 
     rt = runtime(settings_or_exit())
     if not callback_secret:
+        if overlap is not None:
+            fail("--overlap goes with --callback-secret: a rotated token stops working at once", 2)
         try:
             token = agents.rotate(rt, name=name)
         except CountersignError as exc:
@@ -227,7 +229,7 @@ def agents_rotate(
         typer.echo(f"token: {token}")
         return
     try:
-        kept = timedelta(0) if overlap.strip() in ("0", "0s") else parse_duration(overlap)
+        kept = timedelta(0) if overlap in ("0", "0s") else parse_duration(overlap or "24h")
     except ValueError as exc:
         fail(f"--overlap: {exc}", 2)
     try:

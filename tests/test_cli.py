@@ -221,16 +221,18 @@ def test_agents_rotate_callback_secret_keeps_the_old_one_signing_for_the_overlap
         (["support-bot", "--callback-secret", "--overlap", "soon"], "--overlap: not a duration"),
         (["support-bot", "--callback-secret", "--overlap", "-1h"], "--overlap: not a duration"),
         (["ghost-bot", "--callback-secret"], "ghost-bot"),
+        (["support-bot", "--overlap", "1h"], "--overlap goes with --callback-secret"),
     ],
 )
 def test_a_refused_callback_secret_rotation_exits_2_and_changes_nothing(
     env: dict[str, str], runtime: Runtime, args: list[str], message: str
 ) -> None:
-    register(runtime)
+    token = register(runtime)
     before = stored_agent(runtime)
     done = run(env, "agents", "rotate", *args)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert stored_agent(runtime) == before
+    assert agents.authenticate(runtime, token).name == "support-bot"
 
 
 def test_agents_remove_revokes_the_token_and_keeps_the_agent_listed_as_removed(
