@@ -22,7 +22,7 @@ from tests.doubles.anthropic_api import DEFAULT_API_KEY
 from tests.processes import Cluster, ServerProcess
 
 
-def restarts(cluster: Cluster, env: dict[str, str], count: int, log: Path) -> list[float]:
+def restarts(env: dict[str, str], count: int, log: Path) -> list[float]:
     server = ServerProcess("bench", env, log).start()
     seconds = []
     try:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"restart after kill -9 to /healthz 200, SQLite, {args.restarts} restarts each")
             print(f"{'ANTHROPIC_API_KEY':<18} {'median s':>9} {'min s':>7} {'max s':>7}")
             for label, extra in (("unset", {}), ("set", {"ANTHROPIC_API_KEY": DEFAULT_API_KEY})):
-                seconds = restarts(cluster, cluster.env() | extra, args.restarts, path / f"{label}.log")
+                seconds = restarts(cluster.env() | extra, args.restarts, path / f"{label}.log")
                 print(
                     f"{label:<18} {statistics.median(seconds):9.2f} {min(seconds):7.2f} {max(seconds):7.2f}"
                 )
