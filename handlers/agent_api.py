@@ -134,9 +134,16 @@ async def _json_body(request: web.Request) -> Any:
     limit = request.app[RUNTIME].config.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    # Read to the end: one read() returns what has arrived so far, which for a body sent in
+    # several TCP segments (or chunks) is only its start.
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_json_constant, parse_float=_json_float)
     except (UnicodeDecodeError, ValueError) as exc:

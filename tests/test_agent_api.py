@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -160,6 +161,51 @@ async def test_body_over_the_limit_gets_413(api: Api) -> None:
     big = REFUND | {"context": "x" * 300_000}
     status, body = await submit(api, big)
     assert status == 413 and body["error"]["code"] == "too_large"
+    assert count(api, Draft) == 0
+
+
+async def test_a_body_that_arrives_in_pieces_is_read_whole(api: Api) -> None:
+    # A body longer than one TCP segment, or sent slowly, reaches the server in several reads.
+    raw = json.dumps(REFUND | {"payload": {"note": "x" * 20_000}}).encode()
+    server = api.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    head = (
+        f"POST /v1/drafts HTTP/1.1\r\nHost: {server.host}\r\nAuthorization: Bearer {api.token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\nConnection: close\r\n\r\n"
+    )
+    writer.write(head.encode() + raw[:500])
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the server has read the start and waits for the rest
+    writer.write(raw[500:])
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 202"), answer[:300]
+
+    async def pieces() -> AsyncIterator[bytes]:  # chunked transfer encoding, one chunk at a time
+        for start in range(0, len(raw), 4096):
+            yield raw[start : start + 4096]
+            await asyncio.sleep(0.02)
+
+    response = await api.client.post(
+        "/v1/drafts",
+        data=pieces(),
+        headers=api.auth() | {"Content-Type": "application/json", "Idempotency-Key": "in-chunks"},
+    )
+    assert response.status == 202, await response.text()
+    assert count(api, Draft) == 2
+
+
+async def test_a_chunked_body_over_the_limit_gets_413(api: Api) -> None:
+    async def pieces() -> AsyncIterator[bytes]:
+        for _ in range(40):
+            yield b"x" * 8192
+            await asyncio.sleep(0)
+
+    response = await api.client.post(
+        "/v1/drafts", data=pieces(), headers=api.auth() | {"Content-Type": "application/json"}
+    )
+    assert response.status == 413 and (await response.json())["error"]["code"] == "too_large"
     assert count(api, Draft) == 0
 
 
