@@ -142,10 +142,11 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
     metrics.watch(rt)
     app[METRICS] = metrics
     app.router.add_get("/metrics", metrics_endpoint)
-    slack_app = slack_app_module.build(settings, rt, client, metrics)
+    denials = slack_app_module.DenialLog()
+    slack_app = slack_app_module.build(settings, rt, client, metrics, denials)
     app[slack_app_module.SLACK_APP] = slack_app
     app[slack_app_module.VERIFIER] = SignatureVerifier(settings.slack_signing_secret or "")
-    app[slack_app_module.DENIALS] = slack_app_module.DenialLog()
+    app[slack_app_module.DENIALS] = denials
     app.router.add_post("/slack/events", slack_app_module.slack_events)
 
     slack_jobs = slack.SlackJobs(rt=rt, client=client)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlmodel import select
+
 from bot.decisions import Outcome
 from bot.drafts import record_change
 from bot.errors import DecisionRefused
@@ -19,6 +21,15 @@ def act(rt: Runtime, *, draft_id: str, user: str, action: str) -> Outcome:
         if draft is None or draft.status != "manual":
             raise DecisionRefused("This item is no longer in the manual queue.")
         if action == "claim":
+            # Read after the audit lock (taken first by this transaction): two claims at once are
+            # decided one after the other, and the second sees the first.
+            holder = session.exec(
+                select(Decision.by).where(Decision.draft_id == draft.id, Decision.action == "claim")
+            ).first()
+            if holder == user:
+                return Outcome(message="You have already claimed this item.", final=False)
+            if holder is not None:
+                raise DecisionRefused(f"<@{holder}> has already claimed this item.")
             session.add(Decision(draft_id=draft.id, action="claim", by=user, at=now))
             record_change(
                 session,

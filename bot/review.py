@@ -154,6 +154,21 @@ class Reviewing:
         return self._counted(outcome, "approve", draft)
 
     @fail_closed
+    async def edited_amount_problem(self, form: EditForm) -> str | None:
+        """Why the Edit modal's amount cannot be approved, for the modal to show on its field before
+        it closes; the approval checks it again in its transaction."""
+        if form.amount_text is None:
+            return None
+        _, category = await asyncio.to_thread(self._category, form.draft_id)
+        try:
+            amount = parse_amount(form.amount_text, category.currency)
+        except DecisionRefused as refused:
+            return refused.message
+        if category.max_amount is not None and amount > category.max_amount:
+            return f"The edited amount is above this category's limit of {category.max_amount}."
+        return None
+
+    @fail_closed
     async def approve_edited(self, *, user: str, form: EditForm) -> Outcome:
         draft, category = await asyncio.to_thread(self._category, form.draft_id)
         amount = None if form.amount_text is None else parse_amount(form.amount_text, category.currency)

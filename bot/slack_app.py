@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
-from slack_bolt.async_app import AsyncApp
+from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_bolt.response import BoltResponse
 from slack_sdk.signature import Clock, SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -59,15 +61,21 @@ DENIALS: web.AppKey[DenialLog] = web.AppKey("slack_denials", DenialLog)
 
 
 def build(
-    settings: Settings, rt: Runtime, client: AsyncWebClient, metrics: Metrics | None = None
+    settings: Settings,
+    rt: Runtime,
+    client: AsyncWebClient,
+    metrics: Metrics | None = None,
+    denials: DenialLog | None = None,
 ) -> AsyncApp:
-    """The Bolt app with every listener registered; requests must be signed with the signing secret."""
+    """The Bolt app with every listener registered; requests must be signed with the signing secret
+    and come from the bot's own workspace."""
     app = AsyncApp(
         client=client,
         signing_secret=settings.slack_signing_secret or "",
         process_before_response=False,
         raise_error_for_unhandled_request=False,
     )
+    app.use(_own_workspace_only(rt, denials or DenialLog()))
     directory = Directory(client=client)
     handlers.register(
         app,
@@ -80,7 +88,29 @@ def build(
     return app
 
 
-def _deny(rt: Runtime, request: web.Request, why: str, left_out: int) -> None:
+def _own_workspace_only(
+    rt: Runtime, denials: DenialLog
+) -> Callable[[AsyncBoltContext, Callable[[], Awaitable[None]]], Awaitable[BoltResponse | None]]:
+    """Refuse a request from another workspace than the bot's (auth.test's team_id): one that
+    installed the same app, signing secret and all, must not see or decide this one's drafts."""
+
+    async def own_workspace_only(
+        context: AsyncBoltContext, next: Callable[[], Awaitable[None]]
+    ) -> BoltResponse | None:
+        ours = context.authorize_result.team_id if context.authorize_result else None
+        if ours is None or context.team_id == ours:
+            await next()
+            return None
+        left_out = denials.admit()
+        if left_out is not None:
+            why = f"request from workspace {context.team_id!r}, not the bot's {ours!r}"
+            await asyncio.to_thread(_deny, rt, f"slack-team:{context.team_id}", why, left_out)
+        return BoltResponse(status=401, body='{"error": "invalid request"}')
+
+    return own_workspace_only
+
+
+def _deny(rt: Runtime, actor: str, why: str, left_out: int) -> None:
     after: dict[str, object] = {"why": why}
     if left_out:
         after["refusals_not_logged_before"] = left_out
@@ -88,7 +118,7 @@ def _deny(rt: Runtime, request: web.Request, why: str, left_out: int) -> None:
         audit.append(
             session,
             at=rt.clock(),
-            actor=f"remote:{request.remote}",
+            actor=actor,
             action="slack.auth_denied",
             subject="/slack/events",
             after=after,
@@ -133,16 +163,25 @@ def check_signature(headers: Mapping[str, str], body: bytes, *, secret: str, now
     return None
 
 
+def _is_ssl_check(request: web.Request, raw: bytes) -> bool:
+    """Slack's `ssl_check=1` probe, which Bolt answers before checking signatures (its SslCheck)."""
+    if request.content_type != "application/x-www-form-urlencoded" or b"ssl_check=" not in raw:
+        return False
+    return urllib.parse.parse_qs(raw.decode("utf-8", "replace")).get("ssl_check") == ["1"]
+
+
 async def slack_events(request: web.Request) -> web.Response:
     """Only correctly signed, fresh requests reach Bolt; refusals are audited (DenialLog)."""
     arrived.set(time.monotonic())  # ack_when_done's budget counts from here; each request sets it
     raw = await request.read()
+    if _is_ssl_check(request, raw):
+        return web.Response(status=200)  # Slack's probe of a command URL: acts on nothing
     verifier: SignatureVerifier = request.app[VERIFIER]
     why = check_signature(request.headers, raw, secret=verifier.signing_secret, now=verifier.clock.now())
     if why is not None:
         left_out = request.app[DENIALS].admit()
         if left_out is not None:
-            await asyncio.to_thread(_deny, request.app[RUNTIME], request, why, left_out)
+            await asyncio.to_thread(_deny, request.app[RUNTIME], f"remote:{request.remote}", why, left_out)
         return web.json_response({"error": "invalid request"}, status=401)
     app = request.app[SLACK_APP]
     bolt_response = await app.async_dispatch(await to_bolt_request(request))

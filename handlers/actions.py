@@ -7,6 +7,8 @@ from collections.abc import Awaitable
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
+from slack_sdk.errors import SlackApiError
+from slack_sdk.models.views import View
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.decisions import Outcome
@@ -14,7 +16,7 @@ from bot.errors import DecisionRefused
 from bot.policy import from_minor
 from bot.settings import currency_exponent
 from handlers import blocks, ids
-from handlers.context import ack_when_done, services
+from handlers.context import ack_when_done, errors_after_ack_logged, services
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ async def edit(
     view = blocks.edit_modal(
         draft_id=draft.id, version=draft.version, body=draft.body, amount=amount, meta=meta
     )
-    await client.views_open(trigger_id=body["trigger_id"], view=view)
+    await _open(client, respond, body["trigger_id"], view)
 
 
 async def reject(
@@ -88,7 +90,16 @@ async def reject(
         await _tell(respond, refused.message)
         return
     meta = blocks.metadata(draft.id, draft.version, body.get("channel", {}).get("id"), draft.slack_ts)
-    await client.views_open(trigger_id=body["trigger_id"], view=blocks.reject_modal(meta=meta))
+    await _open(client, respond, body["trigger_id"], blocks.reject_modal(meta=meta))
+
+
+async def _open(client: AsyncWebClient, respond: AsyncRespond, trigger_id: str, view: View) -> None:
+    """Open a modal; when Slack refuses (a trigger_id older than 3 s, say), tell the clicker why."""
+    try:
+        await client.views_open(trigger_id=trigger_id, view=view)
+    except SlackApiError as exc:
+        error = exc.response.get("error") if hasattr(exc.response, "get") else "unknown"
+        await _tell(respond, f"Slack did not open the form ({error}); nothing was decided. Click again.")
 
 
 async def claim(
@@ -136,11 +147,11 @@ async def _home_toggle(
 
 
 def register(app: AsyncApp) -> None:
-    app.action(ids.APPROVE)(approve)
-    app.action(ids.EDIT)(edit)
-    app.action(ids.REJECT)(reject)
-    app.action(ids.RETRY)(retry)
-    app.action(ids.CLAIM)(claim)
-    app.action(ids.DONE)(done)
-    app.action(ids.HOME_PAUSE)(home_pause)
-    app.action(ids.HOME_RESUME)(home_resume)
+    app.action(ids.APPROVE)(errors_after_ack_logged(approve))
+    app.action(ids.EDIT)(errors_after_ack_logged(edit))
+    app.action(ids.REJECT)(errors_after_ack_logged(reject))
+    app.action(ids.RETRY)(errors_after_ack_logged(retry))
+    app.action(ids.CLAIM)(errors_after_ack_logged(claim))
+    app.action(ids.DONE)(errors_after_ack_logged(done))
+    app.action(ids.HOME_PAUSE)(errors_after_ack_logged(home_pause))
+    app.action(ids.HOME_RESUME)(errors_after_ack_logged(home_resume))

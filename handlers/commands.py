@@ -8,7 +8,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncResp
 
 from bot.control import HELP
 from handlers import ids
-from handlers.context import ack_when_done, services
+from handlers.context import ack_when_done, errors_after_ack_logged, services
 
 
 async def agent_command(
@@ -24,4 +24,4 @@ async def agent_command(
 
 
 def register(app: AsyncApp) -> None:
-    app.command(ids.COMMAND)(agent_command)
+    app.command(ids.COMMAND)(errors_after_ack_logged(agent_command))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -35,6 +36,29 @@ class Services:
     rt: Runtime
     reviewing: Reviewing
     control: Control
+
+
+Listener = TypeVar("Listener", bound=Callable[..., Awaitable[None]])
+
+
+def errors_after_ack_logged(listener: Listener) -> Listener:
+    """Log, not raise, what fails once Slack has its ack (a Web API call after a committed change).
+
+    Bolt's async runner drops an ack it already has when the listener then raises, waits out its
+    3 s and answers 404: Slack would tell the user their click failed when it took effect. A failure
+    before the ack still reaches Bolt, which answers 500 at once."""
+
+    @functools.wraps(listener)
+    async def run(**kwargs: Any) -> None:
+        try:
+            await listener(**kwargs)
+        except Exception:
+            ack: AsyncAck = kwargs["ack"] if "ack" in kwargs else kwargs["context"].ack
+            if ack.response is None:
+                raise
+            log.exception("slack listener %s failed after its ack", listener.__name__)
+
+    return run  # type: ignore[return-value]
 
 
 def services(context: AsyncBoltContext) -> Services:

@@ -8,7 +8,7 @@ from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_sdk.web.async_client import AsyncWebClient
 
 from handlers import blocks
-from handlers.context import services
+from handlers.context import errors_after_ack_logged, services
 
 
 async def app_home_opened(event: dict[str, Any], context: AsyncBoltContext, client: AsyncWebClient) -> None:
@@ -19,4 +19,4 @@ async def app_home_opened(event: dict[str, Any], context: AsyncBoltContext, clie
 
 
 def register(app: AsyncApp) -> None:
-    app.event("app_home_opened")(app_home_opened)
+    app.event("app_home_opened")(errors_after_ack_logged(app_home_opened))

@@ -12,7 +12,7 @@ from bot.errors import DecisionRefused
 from bot.review import EditForm, parse_value
 from bot.schemas import clean_text
 from handlers import ids
-from handlers.context import ack_when_done, services
+from handlers.context import ack_when_done, errors_after_ack_logged, services
 
 
 def _value(view: dict[str, Any], block: str, action: str) -> str:
@@ -68,8 +68,16 @@ async def edit_submitted(
         body=text,
         amount_text=amount_text.strip() or None,
     )
+    reviewing = services(context).reviewing
     try:
-        outcome = await ack_when_done(ack, services(context).reviewing.approve_edited(user=user, form=form))
+        problem = await reviewing.edited_amount_problem(form)
+    except DecisionRefused as refused:
+        problem = refused.message
+    if problem:  # the modal stays open with the reviewer's edit in it
+        await ack(response_action="errors", errors={ids.EDIT_AMOUNT_BLOCK: problem})
+        return
+    try:
+        outcome = await ack_when_done(ack, reviewing.approve_edited(user=user, form=form))
     except DecisionRefused as refused:
         await _notify(client, meta, user, refused.message)
         return
@@ -108,5 +116,5 @@ async def reject_submitted(
 
 
 def register(app: AsyncApp) -> None:
-    app.view(ids.EDIT_MODAL)(edit_submitted)
-    app.view(ids.REJECT_MODAL)(reject_submitted)
+    app.view(ids.EDIT_MODAL)(errors_after_ack_logged(edit_submitted))
+    app.view(ids.REJECT_MODAL)(errors_after_ack_logged(reject_submitted))

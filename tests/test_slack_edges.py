@@ -1,0 +1,165 @@
+"""Slack requests at the edges: failures after the ack, another workspace, Slack's probe, modal
+field errors and exclusive claims (found by driving the server as Slack does)."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import col
+
+from bot import audit
+from handlers import ids
+from storage.tables import AuditEvent, Decision
+from tests.conftest import SIGNING_SECRET
+from tests.doubles import signing
+from tests.harness import Harness, edit_values, eventually, harness
+
+
+@pytest.fixture
+async def h(db_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with harness(db_url, tmp_path) as value:
+        yield value
+
+
+def blocks_text(message: dict[str, Any]) -> str:
+    return json.dumps(message.get("blocks", []))
+
+
+def audit_actions(h: Harness, action: str) -> list[dict[str, Any]]:
+    with h.rt.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(col(AuditEvent.actor), col(AuditEvent.after)).where(col(AuditEvent.action) == action)
+        ).all()
+    return [{"actor": actor, "after": json.loads(after)} for actor, after in rows]
+
+
+async def test_a_modal_slack_will_not_open_is_answered_200_and_explained(h: Harness) -> None:
+    # Bolt drops an ack already given when its listener then raises, and answers 404 after 3 s.
+    created = await h.submit()
+    h.slack.fail("views.open", status=200, error="expired_trigger_id")
+    status, _ = await h.click("U0ALICE", ids.EDIT, created["id"])
+    assert status == 200
+    told = await eventually(lambda: [t for t in h.ephemeral_texts() if "did not open the form" in t])
+    assert "expired_trigger_id" in told[0]
+    assert (await h.draft(created["id"]))["status"] == "pending"
+
+
+async def test_a_pause_from_app_home_whose_dm_fails_is_still_acknowledged(h: Harness) -> None:
+    h.slack.fail("chat.postMessage", status=200, error="channel_not_found", channel="U0ALICE")
+    status, _ = await h.post_signed(
+        signing.interactive(
+            SIGNING_SECRET,
+            signing.block_action_payload(
+                user_id="U0ALICE",
+                action_id=ids.HOME_PAUSE,
+                value="support-bot",
+                view={"id": "V0HOME", "type": "home"},
+            ),
+        )
+    )
+    assert status == 200
+    assert (await h.submit())["reason"] == "agent_paused"
+
+
+async def test_a_bad_amount_in_the_edit_modal_keeps_the_modal_open_on_that_field(h: Harness) -> None:
+    created = await h.submit()
+    await h.click("U0BOB", ids.EDIT, created["id"])
+    opened = await eventually(lambda: h.slack.calls("views.open"))
+    meta = opened[0].params["view"]["private_metadata"]
+    for amount, why in [
+        ("abc", "decimal string"),
+        ("0", "greater than zero"),
+        ("50.001", "decimal places"),
+        ("301.00", "limit of 300.00"),
+    ]:
+        status, text = await h.submit_view("U0BOB", ids.EDIT_MODAL, meta, edit_values("Edited.", amount))
+        assert status == 200
+        answer = json.loads(text)
+        assert answer["response_action"] == "errors" and why in answer["errors"][ids.EDIT_AMOUNT_BLOCK]
+    view = await h.draft(created["id"])
+    assert view["status"] == "pending" and view["decisions"] == [] and view["amount"] == "30.00"
+    status, text = await h.submit_view("U0BOB", ids.EDIT_MODAL, meta, edit_values("Edited.", "25.00"))
+    assert status == 200 and text == ""
+    assert (await h.status(created["id"], "executed"))["approved_body"] == "Edited."
+
+
+async def test_a_manual_item_is_claimed_by_one_person_only(h: Harness) -> None:
+    await h.command("U0ALICE", "manual reply")
+    created = await h.submit(category="reply", amount=None, body="Your order ships Monday.")
+    assert created["status"] == "manual"
+    await h.click("U0CAROL", ids.CLAIM, created["id"])
+    await h.click("U0BOB", ids.CLAIM, created["id"])
+    await h.click("U0CAROL", ids.CLAIM, created["id"])
+    texts = await eventually(lambda: h.ephemeral_texts()[-3:] if len(h.ephemeral_texts()) >= 3 else None)
+    assert texts[0] == "Claimed: it's yours."
+    assert texts[1] == "<@U0CAROL> has already claimed this item."
+    assert texts[2] == "You have already claimed this item."
+    with h.rt.engine.connect() as conn:
+        claims = conn.execute(
+            sa.select(col(Decision.by)).where(
+                col(Decision.draft_id) == created["id"], col(Decision.action) == "claim"
+            )
+        ).all()
+    assert [row[0] for row in claims] == ["U0CAROL"]
+    assert len(audit_actions(h, "manual.claimed")) == 1
+    message = await h.posted(created["id"])
+    assert blocks_text(h.slack.message(message["channel"], message["ts"])).count("Claimed by") == 1
+    await h.click("U0BOB", ids.DONE, created["id"])  # anyone on the team may still close it
+    await h.status(created["id"], "handled")
+
+
+@pytest.mark.parametrize("surface", ["click", "command"])
+async def test_a_signed_request_from_another_workspace_changes_nothing_and_is_audited(
+    h: Harness, surface: str
+) -> None:
+    created = await h.submit()
+    message = await h.posted(created["id"])
+    if surface == "click":
+        payload = signing.block_action_payload(
+            user_id="U0ALICE",
+            action_id=ids.APPROVE,
+            value=f"{created['id']}:1",
+            channel_id=message["channel"],
+            message_ts=message["ts"],
+            response_url=h.slack.response_url(),
+        )
+        payload["team"] = {"id": "T0OTHER", "domain": "other"}
+        payload["user"]["team_id"] = "T0OTHER"
+        request = signing.interactive(SIGNING_SECRET, payload)
+    else:
+        fields = signing.slash_command_fields(
+            user_id="U0ADMIN", text="pause all", response_url=h.slack.response_url(kind="commands")
+        )
+        fields["team_id"] = "T0OTHER"
+        request = signing._signed_form(SIGNING_SECRET, urllib.parse.urlencode(fields), None)
+    status, _ = await h.post_signed(request)
+    assert status == 401
+    assert (await h.draft(created["id"]))["status"] == "pending"
+    assert (await h.submit(summary="after"))["status"] == "pending"  # not paused
+    denied = audit_actions(h, "slack.auth_denied")
+    assert len(denied) == 1 and denied[0]["actor"] == "slack-team:T0OTHER"
+    assert "T0OTHER" in denied[0]["after"]["why"]
+    assert audit.verify(h.rt.engine).ok
+
+
+async def test_slacks_unsigned_ssl_check_probe_gets_200_and_acts_on_nothing(h: Harness) -> None:
+    response = await h.client.post(
+        "/slack/events",
+        data="ssl_check=1&token=XXYYZZ",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status == 200 and await response.text() == ""
+    assert audit_actions(h, "slack.auth_denied") == []
+    # Anything else unsigned is still refused.
+    response = await h.client.post(
+        "/slack/events",
+        data="ssl_check=0&command=%2Fagent&text=pause+all",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status == 401
