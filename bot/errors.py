@@ -28,11 +28,13 @@ class CountersignError(Exception):
         self.message = message
         self.field = field
 
-    def to_body(self) -> dict[str, dict[str, str]]:
-        error = {"code": self.code, "message": self.message}
-        if self.field:
-            error["field"] = self.field
-        return {"error": error}
+    def to_body(self) -> dict[str, dict[str, str | None]]:
+        return error_body(self.code, self.message, self.field)
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, dict[str, str | None]]:
+    """The agent API's error shape; `field` is always there, null when no one field is at fault."""
+    return {"error": {"code": code, "message": message, "field": field or None}}
 
 
 class BadRequest(CountersignError):

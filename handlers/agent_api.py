@@ -15,7 +15,15 @@ from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 
 from bot import agents, drafts, intake
-from bot.errors import BadRequest, CountersignError, PayloadTooLarge, RateLimited, Unauthorized, Unavailable
+from bot.errors import (
+    BadRequest,
+    CountersignError,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+    error_body,
+)
 from bot.ratelimit import RateLimiter
 from bot.risk.workers import RuleWorkers
 from bot.runtime import Runtime
@@ -54,12 +62,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or None
         message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        return web.json_response(
-            {"error": {"code": "invalid", "message": message, "field": field}}
-            if field
-            else {"error": {"code": "invalid", "message": message}},
-            status=422,
-        )
+        return web.json_response(error_body("invalid", message, field), status=422)
     except web.HTTPRequestEntityTooLarge:
         return error_response(PayloadTooLarge("request body is too large"))
     except web.HTTPException as exc:
@@ -67,8 +70,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        body = {"error": {"code": code, "message": exc.reason}}
-        return web.json_response(body, status=exc.status, headers=headers)
+        return web.json_response(error_body(code, exc.reason), status=exc.status, headers=headers)
     except (OperationalError, ProgrammingError, InterfaceError):
         # Fail closed: without the control state (pause, modes, caps) nothing is accepted or decided.
         log.exception("database unavailable")
@@ -86,7 +88,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         # A bug or a state nobody planned for (e.g. a control value that does not parse): still the
         # documented error shape, with the request id to find the logged traceback by.
         log.exception("unexpected error")
-        body = {"error": {"code": "internal", "message": "unexpected error; the server log has the details"}}
+        body = error_body("internal", "unexpected error; the server log has the details")
         return web.json_response(body, status=500)
 
 

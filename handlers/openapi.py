@@ -31,9 +31,9 @@ _ERROR = {
     "properties": {
         "error": {
             "type": "object",
-            "required": ["code", "message"],
+            "required": ["code", "message", "field"],
             "additionalProperties": False,
-            "properties": {"code": _STR, "message": _STR, "field": _STR},
+            "properties": {"code": _STR, "message": _STR, "field": {"type": ["string", "null"]}},
         }
     },
 }

@@ -164,6 +164,29 @@ async def test_body_over_the_limit_gets_413(api: Api) -> None:
     assert count(api, Draft) == 0
 
 
+async def test_every_error_answer_has_code_message_and_field(api: Api) -> None:
+    _, created = await submit(api, REFUND)
+    auth, json_type = api.auth(), {"Content-Type": "application/json"}
+    answers = [
+        (400, await api.client.post("/v1/drafts", data=b"{", headers=auth | json_type)),
+        (401, await api.client.get("/v1/agents/me")),
+        (403, await api.client.post("/v1/drafts", json=REFUND, headers=api.auth(api.other_token))),
+        (404, await api.client.get("/v1/drafts/d_nope", headers=auth)),
+        (405, await api.client.put("/v1/agents/me", headers=auth)),
+        (409, await api.client.post(f"/v1/drafts/{created['id']}/done", json={"ok": True}, headers=auth)),
+        (413, await api.client.post("/v1/drafts", json=REFUND | {"body": "x" * 300_000}, headers=auth)),
+        (422, await api.client.post("/v1/drafts", json=REFUND | {"amount": "-1"}, headers=auth)),
+        (422, await api.client.post("/v1/drafts", json=REFUND | {"status": "approved"}, headers=auth)),
+    ]
+    for status, response in answers:
+        body = await response.json()
+        assert response.status == status, (status, body)
+        assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "field"}, body
+        assert isinstance(body["error"]["code"], str) and body["error"]["message"]
+    fields = [(await response.json())["error"]["field"] for _, response in answers]
+    assert fields == [None, None, "category", None, None, None, None, "amount", "status"]
+
+
 async def test_a_body_that_arrives_in_pieces_is_read_whole(api: Api) -> None:
     # A body longer than one TCP segment, or sent slowly, reaches the server in several reads.
     raw = json.dumps(REFUND | {"payload": {"note": "x" * 20_000}}).encode()
@@ -312,7 +335,11 @@ async def test_an_unexpected_failure_still_answers_the_json_error_shape(api: Api
         )
     status, body = await submit(api, REFUND)
     assert status == 500 and body == {
-        "error": {"code": "internal", "message": "unexpected error; the server log has the details"}
+        "error": {
+            "code": "internal",
+            "message": "unexpected error; the server log has the details",
+            "field": None,
+        }
     }
     assert count(api, Draft) == 0
 
