@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from bot import audit, caps, netguard, policy
-from bot.errors import Invalid, NotFound, Unauthorized
+from bot.errors import Conflict, Invalid, NotFound, Unauthorized
 from bot.runtime import Runtime
 from storage import queries
 from storage.db import transaction
@@ -104,7 +104,7 @@ def rotate(rt: Runtime, *, name: str) -> str:
     token = new_token()
     now = rt.clock()
     with transaction(rt.engine, audited=True) as session:
-        agent = _by_name(rt, name, session)
+        agent = _current_by_name(rt, name, session)
         session.execute(
             sa.update(AgentToken)
             .where(AgentToken.agent_id == agent.id, AgentToken.revoked_at.is_(None))  # type: ignore[arg-type,union-attr]
@@ -126,7 +126,7 @@ def rotate_callback_secret(rt: Runtime, *, name: str, overlap: timedelta) -> tup
         raise Invalid("the overlap cannot be negative", field="overlap")
     secret, now = new_webhook_secret(), rt.clock()
     with transaction(rt.engine, audited=True) as session:
-        agent = _by_name(rt, name, session)
+        agent = _current_by_name(rt, name, session)
         until = now + overlap if overlap else None
         agent.previous_callback_secret = agent.callback_secret if until else None
         agent.previous_callback_secret_until = until
@@ -157,6 +157,8 @@ def remove(rt: Runtime, *, name: str) -> None:
     now = rt.clock()
     with transaction(rt.engine, audited=True) as session:
         agent = _by_name(rt, name, session)
+        if not agent.categories:
+            raise Conflict(f"agent {name!r} was already removed")
         session.execute(
             sa.update(AgentToken)
             .where(AgentToken.agent_id == agent.id, AgentToken.revoked_at.is_(None))  # type: ignore[arg-type,union-attr]
@@ -171,6 +173,14 @@ def _by_name(rt: Runtime, name: str, session: Any) -> Agent:
     agent: Agent | None = session.exec(select(Agent).where(Agent.name == name)).first()
     if agent is None:
         raise NotFound(f"no agent named {name!r}")
+    return agent
+
+
+def _current_by_name(rt: Runtime, name: str, session: Any) -> Agent:
+    """The agent, unless it was removed (no categories left): a token or secret for it could never work."""
+    agent = _by_name(rt, name, session)
+    if not agent.categories:
+        raise Conflict(f"agent {name!r} was removed")
     return agent
 
 

@@ -10,7 +10,7 @@ import os
 import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -18,12 +18,16 @@ from bot.errors import CountersignError
 from bot.runtime import Runtime
 from bot.settings import (
     ConfigError,
+    Problem,
     Settings,
     check_config,
     load_settings,
     missing_slack_credentials,
     parse_duration,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Slack-native approval gate for AI agents."
@@ -48,12 +52,45 @@ def settings_or_exit() -> Settings:
         fail(f"invalid configuration:\n{exc}", 2)
 
 
+def database_url_or_exit() -> str:
+    """COUNTERSIGN_DATABASE_URL for the commands that need no config file, checked by load_settings as
+    for every other command: exit 2 with the same message when it names no database we support."""
+    try:
+        return load_settings().database_url
+    except ConfigError as exc:
+        wrong = [p for p in exc.problems if p.key == "COUNTERSIGN_DATABASE_URL"]
+        if wrong:
+            fail(f"invalid configuration:\n{ConfigError(wrong)}", 2)
+    return os.environ.get("COUNTERSIGN_DATABASE_URL") or "sqlite:///countersign.db"
+
+
+def engine_or_exit(url: str) -> Engine:
+    from sqlalchemy.exc import ArgumentError
+
+    from storage.db import create_db_engine
+
+    try:
+        return create_db_engine(url)
+    except (ArgumentError, ValueError) as exc:  # a supported scheme, yet no URL SQLAlchemy can use
+        problem = Problem("environment", "COUNTERSIGN_DATABASE_URL", str(exc).strip().splitlines()[0])
+        fail(f"invalid configuration:\n{problem}", 2)
+
+
+def existing_database_or_exit(engine: Engine) -> Engine:
+    """The engine, unless it names a SQLite file that does not exist: opening it would create one."""
+    from storage.db import is_sqlite
+
+    path = engine.url.database
+    if is_sqlite(engine) and path and path != ":memory:" and not Path(path).exists():
+        fail(f"no database at {path}", 1)
+    return engine
+
+
 def runtime(settings: Settings) -> Runtime:
     from bot.dbclock import DatabaseClock
     from storage import migrate
-    from storage.db import create_db_engine
 
-    engine = create_db_engine(settings.database_url)
+    engine = engine_or_exit(settings.database_url)
     migrate.upgrade(engine)
     return Runtime(engine=engine, config=settings.config, clock=DatabaseClock.measured(engine))
 
@@ -61,7 +98,7 @@ def runtime(settings: Settings) -> Runtime:
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 3000,
     socket_mode: Annotated[
         bool, typer.Option("--socket-mode", help="Receive Slack over Socket Mode.")
     ] = False,
@@ -104,11 +141,10 @@ def db_upgrade() -> None:
     from sqlalchemy.exc import DBAPIError
 
     from storage import migrate
-    from storage.db import create_db_engine
 
-    url = os.environ.get("COUNTERSIGN_DATABASE_URL", "sqlite:///countersign.db")
+    engine = engine_or_exit(database_url_or_exit())
     try:
-        migrate.upgrade(create_db_engine(url))
+        migrate.upgrade(engine)
     except DBAPIError as exc:
         # Unreachable, or a role that may not change the schema (run it as the owner).
         typer.echo(f"db upgrade failed: {str(exc.orig).strip()}", err=True)
@@ -120,11 +156,10 @@ def db_upgrade() -> None:
 def db_check() -> None:
     """Exit 1 when the tables and the migrations disagree (Alembic's `check`)."""
     from storage import migrate
-    from storage.db import create_db_engine
 
-    url = os.environ.get("COUNTERSIGN_DATABASE_URL", "sqlite:///countersign.db")
+    engine = engine_or_exit(database_url_or_exit())
     try:
-        migrate.check(create_db_engine(url))
+        migrate.check(engine)
     except Exception as exc:
         fail(f"schema drift: {exc}", 1)
     typer.echo("models and migrations agree")
@@ -138,11 +173,10 @@ def db_grant_app_role(
     import psycopg
     from sqlalchemy.exc import SQLAlchemyError
 
-    from storage.db import create_db_engine, is_sqlite
+    from storage.db import is_sqlite
     from storage.privileges import GrantRefused, grant_app_role
 
-    url = os.environ.get("COUNTERSIGN_DATABASE_URL", "sqlite:///countersign.db")
-    engine = create_db_engine(url)
+    engine = engine_or_exit(database_url_or_exit())
     if is_sqlite(engine):
         fail(
             "SQLite has no roles or grants: whoever can write the database file can change any table. "
@@ -292,7 +326,6 @@ def audit_verify(
 ) -> None:
     """Check the hash chain; exit 1 naming the first bad row."""
     from bot import audit
-    from storage.db import create_db_engine
 
     witness = None
     if head is not None:
@@ -300,8 +333,8 @@ def audit_verify(
         if not seq.isdigit() or len(digest_hash.strip()) != 64:
             fail(f"--head wants a sequence number and a 64-character hash, like the digest's: {head!r}", 2)
         witness = (int(seq), digest_hash.strip())
-    url = os.environ.get("COUNTERSIGN_DATABASE_URL", "sqlite:///countersign.db")
-    result = audit.verify(create_db_engine(url), witness=witness)
+    engine = existing_database_or_exit(engine_or_exit(database_url_or_exit()))
+    result = audit.verify(engine, witness=witness)
     if not result.ok:
         fail(f"audit chain broken at row {result.bad_seq}: {result.problem}", 1)
     typer.echo(f"audit chain ok: {result.rows} rows, head {result.head_seq} {result.head_hash}")
@@ -314,12 +347,11 @@ def audit_export(
 ) -> None:
     """Write the audit log to stdout."""
     from bot import audit
-    from storage.db import create_db_engine
 
     if format not in ("jsonl", "csv"):
         fail("--format must be jsonl or csv", 2)
-    url = os.environ.get("COUNTERSIGN_DATABASE_URL", "sqlite:///countersign.db")
-    for chunk in audit.export(create_db_engine(url), since=parse_since(since), fmt=format):
+    engine = existing_database_or_exit(engine_or_exit(database_url_or_exit()))
+    for chunk in audit.export(engine, since=parse_since(since), fmt=format):
         sys.stdout.write(chunk)
 
 
@@ -376,20 +408,32 @@ def risk_check(
     from bot import riskcheck
 
     settings = settings_or_exit()
+    if llm and not settings.anthropic_api_key:
+        fail(
+            "ANTHROPIC_API_KEY is not set (needed for --llm): create a key in the Anthropic Console at"
+            " https://console.anthropic.com/settings/keys and export it, or drop --llm.",
+            2,
+        )
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        lines = riskcheck.split_lines(file.read_bytes().decode("utf-8"))
     except OSError as exc:
         fail(f"cannot read {file}: {exc.strerror}", 2)
+    except UnicodeDecodeError as exc:
+        fail(f"cannot read {file}: not valid UTF-8 (byte {exc.start})", 2)
     levels: Counter[str] = Counter()
     codes: Counter[str] = Counter()
+    unreviewed = 0
     for number, result in enumerate(riskcheck.check_lines(settings, lines, llm=llm), start=1):
         typer.echo(json.dumps({"line": number} | result, ensure_ascii=False))
         levels[result.get("level", "error") if "error" not in result else "error"] += 1
         codes.update(f["code"] for f in result.get("findings", []))
+        unreviewed += result.get("llm") == "unavailable"
     summary = ", ".join(
         f"{level} {levels[level]}" for level in ("high", "medium", "low", "none", "error") if levels[level]
     )
     typer.echo(f"{len(lines)} drafts: {summary or 'none'}", err=True)
+    if unreviewed:
+        typer.echo(f"  AI review unavailable for {unreviewed}: rules only (see llm_note)", err=True)
     for code, count in codes.most_common(10):
         typer.echo(f"  {code}: {count}", err=True)
 

@@ -384,3 +384,89 @@ def test_audit_verify_with_the_digests_head_catches_deleted_newest_rows(
     cut = run(env, "audit", "verify", "--head", published)
     assert cut.returncode == 1 and "the published head is gone" in cut.stderr
     assert run(env, "audit", "verify", "--head", "#2 short").returncode == 2
+
+
+def snapshot(runtime: Runtime) -> tuple[Any, ...]:
+    """Everything an agents command may change: the agent row, its tokens, the audit log."""
+    with runtime.engine.connect() as conn:
+        agent = tuple(conn.execute(sa.text("SELECT * FROM agent ORDER BY id")).all())
+        tokens = tuple(conn.execute(sa.text("SELECT * FROM agent_token ORDER BY id")).all())
+        events = tuple(conn.execute(sa.text("SELECT seq, action FROM audit_event ORDER BY seq")).all())
+    return agent, tokens, events
+
+
+@pytest.mark.parametrize("args", [[], ["--callback-secret"], ["--callback-secret", "--overlap", "0"]])
+def test_agents_rotate_exits_2_and_changes_nothing_when_the_agent_was_removed(
+    env: dict[str, str], runtime: Runtime, args: list[str]
+) -> None:
+    register(runtime)
+    agents.remove(runtime, name="support-bot")
+    before = snapshot(runtime)
+    done = run(env, "agents", "rotate", "support-bot", *args)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "agent 'support-bot' was removed"
+    assert done.stdout == ""
+    assert snapshot(runtime) == before
+
+
+def test_agents_remove_exits_2_and_audits_nothing_when_the_agent_was_already_removed(
+    env: dict[str, str], runtime: Runtime
+) -> None:
+    register(runtime)
+    assert run(env, "agents", "remove", "support-bot").returncode == 0
+    before = snapshot(runtime)
+    assert [action for _, action in before[2]] == ["agent.added", "agent.removed"]
+    done = run(env, "agents", "remove", "support-bot")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "agent 'support-bot' was already removed"
+    assert done.stdout == ""
+    assert snapshot(runtime) == before
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1"])
+def test_serve_exits_2_with_a_usage_message_when_the_port_is_out_of_range(
+    sqlite_env: dict[str, str], tmp_path: Path, port: str
+) -> None:
+    done = run(sqlite_env, "serve", "--port", port, timeout=30)
+    assert done.returncode == 2
+    assert "Invalid value for '--port'" in done.stderr and "Traceback" not in done.stderr
+    assert "OverflowError" not in done.stderr
+    assert not (tmp_path / "countersign.db").exists()
+
+
+@pytest.mark.parametrize("url", ["garbage", "mysql://x/y"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["audit", "verify"],
+        ["audit", "export"],
+        ["db", "upgrade"],
+        ["db", "check"],
+        ["db", "grant-app-role", "app"],
+    ],
+)
+def test_a_database_command_exits_2_as_agents_list_does_when_the_database_url_is_invalid(
+    sqlite_env: dict[str, str], tmp_path: Path, url: str, command: list[str]
+) -> None:
+    env = sqlite_env | {"COUNTERSIGN_DATABASE_URL": url}
+    listed = run(env, "agents", "list")
+    assert listed.returncode == 2 and "COUNTERSIGN_DATABASE_URL: expected sqlite:///PATH" in listed.stderr
+    done = run(env, *command)
+    assert done.returncode == 2
+    assert done.stderr == listed.stderr
+    assert "Traceback" not in done.stderr and "schema drift" not in done.stderr
+    assert done.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["countersign.toml"]
+
+
+@pytest.mark.parametrize("command", ["verify", "export"])
+def test_audit_exits_1_without_creating_the_file_when_the_sqlite_database_does_not_exist(
+    tmp_path: Path, command: str
+) -> None:
+    missing = tmp_path / "nowhere" / "countersign.db"
+    (tmp_path / "nowhere").mkdir()
+    done = run(make_env(f"sqlite:///{missing}", write_config(tmp_path)), "audit", command)
+    assert done.returncode == 1
+    assert done.stderr == f"no database at {missing}\n"
+    assert done.stdout == ""
+    assert list((tmp_path / "nowhere").iterdir()) == []
