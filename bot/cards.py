@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from sqlmodel import select
 
@@ -24,6 +25,19 @@ class Placement:
     ts: str | None
 
 
+def ai_review_state(status: str, ai: dict[str, Any]) -> tuple[str, str]:
+    """(state, note) of the AI review as a card shows it.
+
+    The reviewer reviews pending drafts only: intake never asks it about manual work, and a review
+    job that finds its draft no longer pending drops it. So a review still `pending` on any other
+    draft is not coming; the card says why rather than "pending" for ever.
+    """
+    state, note = str(ai.get("status", "off")), str(ai.get("note", ""))
+    if state != "pending" or status == "pending":
+        return state, note
+    return ("manual" if status in ("manual", "handled") else "skipped"), ""
+
+
 def load_card(rt: Runtime, draft_id: str) -> tuple[DraftCard, Placement] | None:
     """The card for a draft and where to post it; None when the draft or its category is gone."""
     now = rt.clock()
@@ -41,6 +55,7 @@ def load_card(rt: Runtime, draft_id: str) -> tuple[DraftCard, Placement] | None:
         controls = queries.get_controls(session, ["pause:all", f"mode:{draft.category}"])
         usage = caps.usage(session, rt.config, category, now)
     risk = json.loads(draft.risk)
+    ai_status, ai_note = ai_review_state(draft.status, risk.get("ai", {}))
     exponent = currency_exponent(draft.currency) if draft.currency else 2
     amount = (
         None
@@ -62,11 +77,12 @@ def load_card(rt: Runtime, draft_id: str) -> tuple[DraftCard, Placement] | None:
         context=draft.context,
         amount=amount,
         approved_body=draft.approved_body,
+        agent_body=draft.agent_body,
         edited=draft.edited,
         risk_level=risk.get("level", "none"),
         findings=risk.get("findings", []),
-        ai_status=risk.get("ai", {}).get("status", "off"),
-        ai_note=risk.get("ai", {}).get("note", ""),
+        ai_status=ai_status,
+        ai_note=ai_note,
         usage=usage.describe() if category.daily_count_cap or category.daily_amount_cap else None,
         approvals_needed=draft.approvals_needed,
         first_approver=draft.first_approver,
@@ -77,5 +93,8 @@ def load_card(rt: Runtime, draft_id: str) -> tuple[DraftCard, Placement] | None:
         agent_paused=bool(agent and agent.state == "paused") or "pause:all" in controls,
         category_manual=policy.is_manual(controls.get(f"mode:{draft.category}"), now),
         expires_at=draft.expires_at if draft.status == "pending" else None,
+        # Expiry stamps decided_at; a withdrawal only updated_at (which only an AI review already
+        # under way when the agent withdrew can move later).
+        ended_at=(draft.decided_at or draft.updated_at) if draft.status in ("cancelled", "expired") else None,
     )
     return card, Placement(channel=draft.slack_channel or channel, ts=draft.slack_ts)

@@ -46,7 +46,7 @@ def agent_view(session: Session, draft: Draft) -> dict[str, Any]:
         "reason": draft.reason,
         "category": draft.category,
         "summary": draft.summary,
-        "body": draft.body,
+        "body": draft.body if draft.agent_body is None else draft.agent_body,
         "context": draft.context,
         "approved_body": draft.approved_body,
         "edited": draft.edited,

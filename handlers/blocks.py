@@ -7,7 +7,6 @@ ping @channel or hide a link behind other text, and it is cut to fit Slack's lim
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -100,6 +99,8 @@ class DraftCard:
     agent_paused: bool = False
     category_manual: bool = False
     expires_at: datetime | None = None
+    agent_body: str | None = None  # the agent's own text, when a first approver's edit is now `body`
+    ended_at: datetime | None = None  # when it expired or was withdrawn: no decision row says so
 
 
 STATUS_LINE = {
@@ -146,8 +147,12 @@ def draft_blocks(card: DraftCard) -> list[Block]:
             SectionBlock(text=MarkdownTextObject(text="*Customer said*\n" + quote(card.context, 2900)))
         )
     label = "*Agent's suggestion*" if card.status == "manual" else "*Draft*"
-    blocks.append(SectionBlock(text=MarkdownTextObject(text=label + "\n" + quote(card.body, 2900))))
-    if card.edited and card.approved_body is not None:
+    own = card.body if card.agent_body is None else card.agent_body
+    blocks.append(SectionBlock(text=MarkdownTextObject(text=label + "\n" + quote(own, 2900))))
+    if card.status == "pending" and card.agent_body is not None:
+        under_review = "*As edited by the first approver* (what the second approval approves)\n"
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=under_review + quote(card.body, 2900))))
+    elif card.edited and card.approved_body is not None:
         blocks.append(
             SectionBlock(
                 text=MarkdownTextObject(text="*Approved as edited*\n" + quote(card.approved_body, 2900))
@@ -181,6 +186,8 @@ def _risk_text(card: DraftCard) -> str:
         "pending": "AI review pending…",
         "ok": "AI review done",
         "unavailable": f"AI review unavailable ({escape(card.ai_note)[:120]}): rules only",
+        "manual": "not reviewed by AI (manual item)",
+        "skipped": "AI review not done: the draft left review first",
         "off": "",
     }.get(card.ai_status, "")
     text = "\n".join([head + (f" · {ai}" if ai else ""), *lines])
@@ -242,6 +249,9 @@ def _footer(card: DraftCard) -> list[Block]:
             )
         return blocks
     lines = [STATUS_LINE.get(card.status, f"*{card.status}*")]
+    ended = _ended(card)
+    if ended:
+        lines.append(ended)
     for decision in card.decisions:
         verb = {
             "approve": "Approved",
@@ -268,6 +278,17 @@ def _footer(card: DraftCard) -> list[Block]:
             )
         )
     return blocks
+
+
+def _ended(card: DraftCard) -> str | None:
+    """Who ended a draft that no human decided, and when: the agent withdrew it, or time ran out."""
+    if card.ended_at is None:
+        return None
+    if card.status == "cancelled":
+        return f"Withdrawn by *{escape(card.agent)}* {_ts(card.ended_at)}"
+    if card.status == "expired":
+        return f"Expired {_ts(card.ended_at)}"
+    return None
 
 
 def metadata(draft_id: str, version: int, channel: str | None, ts: str | None) -> str:
@@ -327,12 +348,11 @@ def reject_modal(*, meta: str) -> View:
     )
 
 
-def _bar(usage: str) -> str:
-    """A text bar from a usage line's first `used/cap` pair."""
-    match = re.search(r"([0-9.]+)/([0-9.]+)", usage)
-    if not match or float(match.group(2)) == 0:
+def _bar(fill: float | None) -> str:
+    """A text bar for the most used of a category's caps (a fraction; None: no cap)."""
+    if fill is None:
         return ""
-    ratio = min(1.0, float(match.group(1)) / float(match.group(2)))
+    ratio = min(1.0, max(0.0, fill))
     filled = round(ratio * 10)
     return "`" + "█" * filled + "░" * (10 - filled) + f"` {ratio:.0%} "
 
@@ -357,14 +377,16 @@ def home_view(home: Any) -> View:
         )
     out.append(SectionBlock(text=MarkdownTextObject(text="*Agents*")))
     for agent in home.agents[:30]:
-        state = agent.state + (" · offline" if agent.offline else "")
+        state = agent.state_text() + (" · offline" if agent.offline else "")
         reason = f" — {escape(agent.reason)[:200]}" if agent.reason else ""
         accessory = None
+        # While all agents are paused, pausing one more changes nothing now: the way out is
+        # Resume all above. An agent's own pause keeps its Resume, which `resume all` leaves alone.
         if agent.state == "paused" and home.can_resume:
             accessory = ButtonElement(
                 text="Resume", action_id=ids.HOME_RESUME, value=agent.name, style="primary"
             )
-        elif agent.state != "paused" and home.can_pause:
+        elif agent.state != "paused" and not home.all_paused and home.can_pause:
             accessory = ButtonElement(
                 text="Pause", action_id=ids.HOME_PAUSE, value=agent.name, style="danger"
             )
@@ -377,7 +399,7 @@ def home_view(home: Any) -> View:
     out.append(SectionBlock(text=MarkdownTextObject(text="*Categories and today's caps*")))
     for category in home.categories[:30]:
         until = f" until {category.until[:16]} UTC" if category.until else ""
-        text = f"*{category.name}* — {category.mode}{until}\n{_bar(category.usage)}{category.usage}"
+        text = f"*{category.name}* — {category.mode}{until}\n{_bar(category.fill)}{category.usage}"
         out.append(SectionBlock(text=MarkdownTextObject(text=text)))
     out.append(DividerBlock())
     oldest = ""

@@ -185,6 +185,27 @@ def set_control(session: Session, key: str, value: dict[str, Any] | None, *, by:
     )
 
 
+def add_control(session: Session, key: str, value: dict[str, Any], *, by: str, at: datetime) -> bool:
+    """Set a switch that is not set yet; False, changing nothing, when it already is."""
+    table = control_t
+    dialect = session.get_bind().dialect.name
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    # RETURNING, not rowcount: psycopg reports -1 for an INSERT … ON CONFLICT DO NOTHING.
+    added = session.execute(
+        insert.values(key=key, value=json.dumps(value), updated_by=by, updated_at=at)
+        .on_conflict_do_nothing(index_elements=[table.c.key])
+        .returning(table.c.key)
+    )
+    return added.first() is not None
+
+
+def drop_control(session: Session, key: str) -> bool:
+    """Delete a switch; False when it was not set (or another writer just deleted it)."""
+    table = control_t
+    dropped = session.execute(sa.delete(table).where(table.c.key == key))
+    return dropped.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+
 def enqueue(
     session: Session,
     kind: str,

@@ -113,7 +113,8 @@ class Draft(SQLModel, table=True):
     status: str = "pending"
     reason: str | None = None
     summary: str
-    body: str
+    body: str  # the version under review: the agent's text, or a first approver's edit of it
+    agent_body: str | None = None  # the agent's own text, kept once a first approver's edit replaced `body`
     context: str | None = None
     amount_minor: int | None = Field(default=None, sa_type=sa.BigInteger)
     currency: str | None = Field(default=None, max_length=3)

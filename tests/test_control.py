@@ -407,3 +407,117 @@ async def test_app_home_offers_admins_resume_all_while_all_are_paused(h: Harness
     assert [(b["action_id"], b["text"]["text"]) for b in buttons] == [(ids.HOME_RESUME, "Resume all")]
     assert await _home_click(h, "U0ADMIN", ids.HOME_RESUME, "all") == 200
     assert (await h.submit())["status"] == "pending"
+
+
+async def _home(h: Harness, user: str) -> str:
+    """The App Home view `user` gets when opening it now."""
+    before = len(h.slack.calls("views.publish"))
+    await h.post_signed(signing.event_callback(SIGNING_SECRET, signing.app_home_opened_event(user)))
+    call = (await eventually(lambda: h.slack.calls("views.publish")[before:]))[0]
+    return json.dumps(call.params["view"], ensure_ascii=False)
+
+
+def _count(h: Harness, action: str) -> int:
+    with h.rt.engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).select_from(AuditEvent).where(col(AuditEvent.action) == action)
+            ).scalar_one()
+        )
+
+
+async def test_app_home_cap_bar_shows_the_most_used_cap_when_the_amount_is_ahead_of_the_count(
+    h: Harness,
+) -> None:
+    await h.command("U0ADMIN", "cap refund amount=100.00")
+    for n in range(3):
+        created = await h.submit(summary=f"r{n}")
+        await h.click("U0ALICE", ids.APPROVE, created["id"])
+        await h.status(created["id"], "executed")
+    view = await _home(h, "U0ALICE")
+    assert "`█████████░` 90% 3/20 today · 90.00/100.00 USD" in view, view
+
+
+async def test_while_all_are_paused_each_agent_shows_it_and_home_offers_no_useless_pause(h: Harness) -> None:
+    from bot import agents
+
+    agents.add(h.rt, name="other-bot", categories=["reply"], callback_prefixes=[])
+    await h.command("U0ALICE", "pause other-bot looked wrong")
+    await h.command("U0ALICE", "pause all incident")
+    status = await h.command("U0ALICE", "status")
+    assert "• *support-bot*: paused (all agents)" in status, status
+    assert "• *other-bot*: paused (on its own and with all agents) — looked wrong" in status, status
+
+    reviewer = await _home(h, "U0ALICE")
+    assert "*support-bot*: paused (all agents)" in reviewer and ids.HOME_PAUSE not in reviewer
+    assert "looked wrong" in reviewer and ids.HOME_RESUME not in reviewer
+    admin = json.loads(await _home(h, "U0ADMIN"))
+    buttons = {
+        b["accessory"]["value"]: b["accessory"]["action_id"] for b in admin["blocks"] if b.get("accessory")
+    }
+    # Resume all for the pause of all; Resume by name only for the agent paused on its own.
+    assert buttons == {"all": ids.HOME_RESUME, "other-bot": ids.HOME_RESUME}, buttons
+
+    await h.command("U0ADMIN", "resume all")
+    assert "• *support-bot*: active" in await h.command("U0ALICE", "status")
+    assert ids.HOME_PAUSE in await _home(h, "U0ALICE")
+
+
+async def test_resuming_an_agent_that_is_not_paused_changes_nothing(h: Harness) -> None:
+    answer = await h.command("U0ADMIN", "resume support-bot")
+    assert answer == "Nothing to resume: *support-bot* is not paused.", answer
+    await h.command("U0ALICE", "pause all incident")
+    answer = await h.command("U0ADMIN", "resume support-bot")
+    assert "is not paused on its own" in answer and "/agent resume all" in answer, answer
+    assert _count(h, "agent.resumed") == 0
+    await h.command("U0ALICE", "status")  # a round trip for the outbox to deliver any alert
+    assert not any("resumed" in a for a in h.alerts())
+
+
+async def test_pausing_a_paused_agent_keeps_the_first_pause_and_changes_nothing(h: Harness) -> None:
+    assert "Paused *support-bot*" in await h.command("U0ALICE", "pause support-bot refunds look wrong")
+    await eventually(lambda: any("paused *support-bot*" in a for a in h.alerts()))
+    again = await h.command("U0BOB", "pause support-bot second opinion")
+    assert again.startswith("*support-bot* is already paused (by <@U0ALICE> since "), again
+    assert "refunds look wrong" in again and "Nothing was changed" in again
+    me = await (await h.client.get("/v1/agents/me", headers=h.auth())).json()
+    assert me["reason"] == "refunds look wrong"
+    assert _count(h, "agent.paused") == 1
+
+    assert "Paused *all*" in await h.command("U0ALICE", "pause all incident")
+    again = await h.command("U0BOB", "pause all other")
+    assert again.startswith("*all* is already paused (by <@U0ALICE> since "), again
+    assert "incident" in again
+    assert _count(h, "agent.paused") == 2
+    await h.command("U0ALICE", "status")
+    assert sum("paused *support-bot*" in a for a in h.alerts()) == 1
+    assert sum("paused *all*" in a for a in h.alerts()) == 1
+
+
+@pytest.mark.parametrize("target", ["support-bot", "all"])
+async def test_simultaneous_pauses_and_resumes_each_take_effect_once(h: Harness, target: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from bot.control.switches import Switches
+
+    switches = Switches()
+    switches.rt = h.rt
+    start = Barrier(6)
+
+    def pause(n: int) -> str:
+        start.wait()
+        return switches.pause(f"U0ALICE{n}", [target, f"reason {n}"])
+
+    def resume(n: int) -> str:
+        start.wait()
+        return switches.resume("U0ADMIN", [target])
+
+    with ThreadPoolExecutor(6) as pool:
+        paused = list(pool.map(pause, range(6)))
+        start.reset()
+        resumed = list(pool.map(resume, range(6)))
+    assert sum(a.startswith(":octagonal_sign: Paused") for a in paused) == 1, paused
+    assert sum(a.startswith(":arrow_forward: Resumed") for a in resumed) == 1, resumed
+    assert _count(h, "agent.paused") == 1 and _count(h, "agent.resumed") == 1
+    assert audit.verify(h.rt.engine).ok

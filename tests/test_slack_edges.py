@@ -163,3 +163,32 @@ async def test_slacks_unsigned_ssl_check_probe_gets_200_and_acts_on_nothing(h: H
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert response.status == 401
+
+
+async def test_a_first_approvers_edit_keeps_the_agents_own_text_as_body(h: Harness) -> None:
+    original = "Refund of $250.00 issued."
+    created = await h.submit(amount="250.00", body=original)
+    await h.click("U0ALICE", ids.EDIT, created["id"])
+    opened = await eventually(lambda: h.slack.calls("views.open"))
+    meta = opened[0].params["view"]["private_metadata"]
+    edited = "Refund of $240.00 issued to your original card."
+    status, _ = await h.submit_view("U0ALICE", ids.EDIT_MODAL, meta, edit_values(edited, "240.00"))
+    assert status == 200
+    await eventually(lambda: any("First approval recorded" in t for t in h.ephemeral_texts()))
+    pending = await h.draft(created["id"])
+    assert pending["status"] == "pending" and pending["body"] == original and pending["edited"] is True
+    assert pending["approved_body"] is None
+    message = await h.posted(created["id"])
+
+    def card_shows_both() -> str | None:
+        text = blocks_text(h.slack.message(message["channel"], message["ts"]))
+        return text if "As edited by the first approver" in text else None
+
+    text = await eventually(card_shows_both)
+    assert text.index(original) < text.index("As edited by the first approver") < text.index(edited)
+
+    await h.click("U0BOB", ids.APPROVE, created["id"], version=2)  # the edited version is version 2
+    done = await h.status(created["id"], "executed")
+    assert done["body"] == original and done["approved_body"] == edited and done["amount"] == "240.00"
+    assert [(d["action"], d["by"]) for d in done["decisions"]] == [("edit", "U0ALICE"), ("approve", "U0BOB")]
+    assert h.executor.requests[0].json["approved_body"] == edited

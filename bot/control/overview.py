@@ -20,9 +20,18 @@ from storage.tables import Agent, Draft
 @dataclass(frozen=True)
 class AgentRow:
     name: str
-    state: str
+    state: str  # its own state, `active | paused`
     reason: str | None
     offline: bool
+    all_paused: bool = False  # `/agent pause all` holds it too, whatever its own state
+
+    def state_text(self) -> str:
+        """Its state as people read it: which pause holds it, its own, that of all agents, or both."""
+        if not self.all_paused:
+            return self.state
+        if self.state == "paused":
+            return "paused (on its own and with all agents)"
+        return "paused (all agents)"
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,7 @@ class CategoryRow:
     mode: str
     until: str | None
     usage: str
+    fill: float | None = None  # the most used of its caps, count or amount, as a fraction
 
 
 @dataclass(frozen=True)
@@ -93,24 +103,27 @@ class Overview:
             for name, category in sorted(self.rt.config.categories.items()):
                 mode = controls.get(f"mode:{name}")
                 manual = policy.is_manual(mode, now)
+                usage = caps.usage(session, self.rt.config, category, now)
                 categories.append(
                     CategoryRow(
                         name=name,
                         mode="manual" if manual else "review",
                         until=(mode or {}).get("until") if manual else None,
-                        usage=caps.usage(session, self.rt.config, category, now).describe(),
+                        usage=usage.describe(),
+                        fill=_fill(usage),
                     )
                 )
             pending, oldest = session.execute(
                 sa.select(sa.func.count(), sa.func.min(Draft.created_at)).where(Draft.status == "pending")  # type: ignore[arg-type]
             ).one()
         oldest_at = oldest
+        all_paused = "pause:all" in controls
         return Home(
             user=user,
             can_pause=member or user in self.reviewers(),
             can_resume=user in self.rt.config.admins,
-            all_paused="pause:all" in controls,
-            agents=[AgentRow(a.name, a.state, a.paused_reason, a.offline) for a in agents],
+            all_paused=all_paused,
+            agents=[AgentRow(a.name, a.state, a.paused_reason, a.offline, all_paused) for a in agents],
             categories=categories,
             pending=int(pending),
             oldest_pending=oldest_at,
@@ -124,7 +137,8 @@ class Overview:
             lines.append(":octagonal_sign: *all agents paused*")
         for agent in home.agents:
             extra = f" — {escape(agent.reason)}" if agent.reason else ""
-            lines.append(f"• *{agent.name}*: {agent.state}{' (offline)' if agent.offline else ''}{extra}")
+            offline = " (offline)" if agent.offline else ""
+            lines.append(f"• *{agent.name}*: {agent.state_text()}{offline}{extra}")
         lines.append("*Categories*")
         for category in home.categories:
             until = f" until {category.until[:16]}" if category.until else ""
@@ -132,6 +146,20 @@ class Overview:
         age = "" if home.oldest_pending is None else f", oldest {_age(home.now - home.oldest_pending)}"
         lines.append(f"*Pending*: {home.pending}{age}")
         return "\n".join(lines)
+
+
+def _fill(usage: caps.Usage) -> float | None:
+    """The most used of a category's caps as a fraction, from the numbers (not the rendered line):
+    `2/20 today · 450.00/500.00 USD` is 0.9. None when it has no cap."""
+    ratios = [
+        used / cap if cap > 0 else 1.0  # caps are positive; a zero one would leave no room
+        for used, cap in (
+            (usage.count_used, usage.count_cap),
+            (usage.amount_used_minor, usage.amount_cap_minor),
+        )
+        if cap is not None
+    ]
+    return max(ratios, default=None)
 
 
 def _age(delta: timedelta) -> str:

@@ -4,7 +4,7 @@ and the lapse of time-boxed manual modes."""
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +19,7 @@ from storage.db import transaction
 from storage.tables import Agent, Draft
 
 COUNT = re.compile(r"[0-9]{1,7}")
+SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,}")
 
 
 class Refused(Exception):
@@ -43,13 +44,38 @@ def _refresh_pending(
         queries.enqueue(session, "slack.render", {"draft_id": draft_id}, now=now)
 
 
-def _set_agent(session: Session, name: str, now: datetime, **values: Any) -> None:
-    """Pause or resume one agent by name, and refresh its pending drafts' messages."""
+def _agent(session: Session, name: str) -> Agent:
     agent = session.exec(select(Agent).where(Agent.name == name)).first()
     if agent is None:
         raise Refused(f"No agent named `{name[:40]}`.")
-    session.execute(sa.update(Agent).where(Agent.id == agent.id).values(**values))  # type: ignore[arg-type]
+    return agent
+
+
+def _set_agent(session: Session, agent: Agent, now: datetime, *, from_state: str, **values: Any) -> bool:
+    """Pause or resume one agent if it is still in `from_state`, and refresh its pending drafts'
+    messages. One conditional UPDATE decides: of two clicks at once, exactly one changes it."""
+    changed = session.execute(
+        sa.update(Agent).where(Agent.id == agent.id, Agent.state == from_state).values(**values)  # type: ignore[arg-type]
+    )
+    if changed.rowcount != 1:  # type: ignore[attr-defined]
+        session.refresh(agent)  # as whoever got there first left it
+        return False
     _refresh_pending(session, now, agent_id=agent.id)
+    return True
+
+
+def _who(by: str | None) -> str:
+    return f"<@{by}>" if by and SLACK_USER.fullmatch(by) else escape(by or "someone")
+
+
+def _already_paused(target: str, by: str | None, at: datetime | str | None, reason: str | None) -> str:
+    when = ""
+    if isinstance(at, str):
+        at = datetime.fromisoformat(at)
+    if at is not None:
+        when = f" since {at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    why = f": {escape(reason)}" if reason else ""
+    return f"*{target}* is already paused (by {_who(by)}{when}{why}). Nothing was changed."
 
 
 class Switches:
@@ -63,19 +89,27 @@ class Switches:
         target, reason = args[0], " ".join(args[1:]) or "no reason given"
         now = self.rt.clock()
         with transaction(self.rt.engine, audited=True) as session:
+            # Pausing what is paused already changes nothing: the first pause keeps its who, when
+            # and why, and no second alert or audit row claims a pause that did not happen.
             if target == "all":
-                queries.set_control(
-                    session,
-                    "pause:all",
-                    {"by": user, "reason": reason, "at": now.isoformat()},
-                    by=user,
-                    at=now,
-                )
+                held = {"by": user, "reason": reason, "at": now.isoformat()}
+                if not queries.add_control(session, "pause:all", held, by=user, at=now):
+                    first = queries.get_control(session, "pause:all") or {}
+                    return _already_paused("all", first.get("by"), first.get("at"), first.get("reason"))
                 _refresh_pending(session, now)
             else:
-                _set_agent(
-                    session, target, now, state="paused", paused_by=user, paused_at=now, paused_reason=reason
-                )
+                agent = _agent(session, target)
+                if not _set_agent(
+                    session,
+                    agent,
+                    now,
+                    from_state="active",
+                    state="paused",
+                    paused_by=user,
+                    paused_at=now,
+                    paused_reason=reason,
+                ):
+                    return _already_paused(target, agent.paused_by, agent.paused_at, agent.paused_reason)
             audit.append(
                 session,
                 at=now,
@@ -108,14 +142,27 @@ class Switches:
             ]
             note = f" Still paused on their own: {', '.join(f'*{n}*' for n in still)}." if still else ""
             if target == "all":
-                if queries.get_control(session, "pause:all") is None:
+                if not queries.drop_control(session, "pause:all"):
                     return f"Nothing to resume: `all` is not paused.{note}"
-                queries.set_control(session, "pause:all", None, by=user, at=now)
                 _refresh_pending(session, now)
             else:
-                _set_agent(
-                    session, target, now, state="active", paused_by=None, paused_at=None, paused_reason=None
-                )
+                agent = _agent(session, target)
+                held = ""
+                if queries.get_control(session, "pause:all") is not None:
+                    held = " It stays paused with all agents until `/agent resume all`."
+                if not _set_agent(
+                    session,
+                    agent,
+                    now,
+                    from_state="paused",
+                    state="active",
+                    paused_by=None,
+                    paused_at=None,
+                    paused_reason=None,
+                ):
+                    mine = " on its own" if held else ""
+                    return f"Nothing to resume: *{target}* is not paused{mine}.{held}"
+                note = held + note
             audit.append(
                 session, at=now, actor=f"slack:{user}", action="agent.resumed", subject=f"agent:{target}"
             )

@@ -230,6 +230,7 @@ def _first_approval(
         first_approver=user,
         approvals_needed=2,
         body=body_after,
+        agent_body=draft.body if draft.agent_body is None else draft.agent_body,
         edited=draft.edited or changed,
         amount_minor=amount_minor,
         version=draft.version + (1 if changed else 0),

@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.cards import ai_review_state
+from bot.control import CategoryRow, Home
+from handlers import ids
+from handlers.blocks import DraftCard, draft_blocks, home_view
+from tests.harness import Harness, eventually, harness
+
+AT = datetime(2025, 3, 4, 15, 30, tzinfo=UTC)
+CARD = DraftCard(
+    id="d1",
+    version=2,
+    category="refund",
+    agent="support-bot",
+    status="pending",
+    reason=None,
+    summary="Refund order 1042",
+    body="Hi Dana, I've refunded $30.00 to your card.",
+    context=None,
+    amount="30.00 USD",
+    approved_body=None,
+    edited=False,
+    risk_level="none",
+    findings=[],
+    ai_status="off",
+    ai_note="",
+    usage=None,
+    approvals_needed=1,
+    first_approver=None,
+)
+AI_MANUAL = (
+    '\n[categories.billing]\nchannel = "C0BILLING"\nreviewers = ["U0ALICE", "U0BOB"]\nai_review = true\n'
+)
+
+
+def text_of(blocks: list[Any]) -> str:
+    return json.dumps([block.to_dict() for block in blocks], ensure_ascii=False)
+
+
+def card_text(h: Harness, message: dict[str, Any]) -> str:
+    return json.dumps(h.slack.message(message["channel"], message["ts"]).get("blocks"), ensure_ascii=False)
+
+
+async def card_once(h: Harness, message: dict[str, Any], needle: str) -> str:
+    """The draft's message once it shows `needle`."""
+
+    def probe() -> str | None:
+        text = card_text(h, message)
+        return text if needle in text else None
+
+    return await eventually(probe)
+
+
+def stamps(text: str) -> list[int]:
+    return [int(epoch) for epoch in re.findall(r"<!date\^([0-9]+)\^", text)]
+
+
+@pytest.mark.parametrize(
+    ("status", "line"),
+    [("cancelled", "Withdrawn by *support-bot* "), ("expired", "Expired ")],
+)
+def test_draft_blocks_say_when_a_draft_ended_when_it_was_withdrawn_or_expired(status: str, line: str) -> None:
+    text = text_of(draft_blocks(replace(CARD, status=status, ended_at=AT)))
+    stamp = f"<!date^{int(AT.timestamp())}^{{date_short_pretty}} {{time}}|2025-03-04 15:30 UTC>"
+    assert line + stamp in text
+    assert ids.APPROVE not in text
+
+
+def test_draft_blocks_escape_the_agent_name_in_the_withdrawal_line() -> None:
+    footer = draft_blocks(replace(CARD, status="cancelled", agent="<!channel>", ended_at=AT))[-1]
+    text = text_of([footer])
+    assert "<!channel>" not in text and "Withdrawn by *&lt;!channel&gt;* <!date^" in text
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("pending", ("pending", "")),
+        ("manual", ("manual", "")),
+        ("handled", ("manual", "")),
+        ("approved", ("skipped", "")),
+        ("cancelled", ("skipped", "")),
+    ],
+)
+def test_ai_review_state_is_never_pending_when_the_reviewer_will_not_come(
+    status: str, expected: tuple[str, str]
+) -> None:
+    assert ai_review_state(status, {"status": "pending", "note": ""}) == expected
+
+
+def test_ai_review_state_keeps_a_finished_review_whatever_the_status() -> None:
+    assert ai_review_state("handled", {"status": "ok", "note": "AI review done"}) == ("ok", "AI review done")
+    assert ai_review_state("approved", {"status": "unavailable", "note": "x"}) == ("unavailable", "x")
+    assert ai_review_state("manual", {}) == ("off", "")
+
+
+def test_manual_card_never_says_the_ai_review_is_pending() -> None:
+    text = text_of(draft_blocks(replace(CARD, status="manual", reason="category_manual", ai_status="manual")))
+    assert "pending" not in text and "not reviewed by AI (manual item)" in text
+
+
+def _home(fill: float | None, usage: str) -> Home:
+    return Home(
+        user="U0ALICE",
+        can_pause=True,
+        can_resume=False,
+        all_paused=False,
+        agents=[],
+        categories=[CategoryRow("refund", "review", None, usage, fill)],
+        pending=0,
+        oldest_pending=None,
+        now=AT,
+    )
+
+
+def test_home_cap_bar_shows_the_fill_it_is_given_not_the_first_pair_of_the_line() -> None:
+    view = json.dumps(home_view(_home(0.9, "2/20 today · 450.00/500.00 USD")).to_dict(), ensure_ascii=False)
+    assert "`█████████░` 90% 2/20 today · 450.00/500.00 USD" in view
+    full = json.dumps(home_view(_home(1.6, "8/5 today")).to_dict(), ensure_ascii=False)
+    assert "`██████████` 100% 8/5 today" in full
+    uncapped = json.dumps(home_view(_home(None, "3/∞ today")).to_dict(), ensure_ascii=False)
+    assert "█" not in uncapped and "░" not in uncapped
+
+
+@pytest.fixture
+async def h(db_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with harness(db_url, tmp_path) as value:
+        yield value
+
+
+async def test_withdrawn_card_says_who_withdrew_it_and_when(h: Harness) -> None:
+    created = await h.submit()
+    message = await h.posted(created["id"])
+    before = h.clock()
+    response = await h.client.delete(f"/v1/drafts/{created['id']}", headers=h.auth())
+    assert response.status == 200, await response.text()
+    text = await card_once(h, message, "Withdrawn by *support-bot* <!date^")
+    assert any(abs(epoch - before.timestamp()) < 60 for epoch in stamps(text))
+
+
+async def test_expired_card_says_when_it_expired(h: Harness) -> None:
+    created = await h.submit()
+    message = await h.posted(created["id"])
+    h.clock.advance(hours=4, seconds=1)
+    expired_about = h.clock()
+    text = await card_once(h, message, "Expired <!date^")
+    assert any(abs(epoch - expired_about.timestamp()) < 60 for epoch in stamps(text))
+
+
+async def test_manual_card_of_an_ai_reviewed_category_says_it_is_not_ai_reviewed(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with harness(db_url, tmp_path, extra_config=AI_MANUAL) as h:
+        from bot import agents
+
+        h.token = agents.add(h.rt, name="billing-bot", categories=["billing"], callback_prefixes=[]).token
+        assert "manual mode" in await h.command("U0ALICE", "manual billing")
+        created = await h.submit(category="billing", amount=None, body="It ships Monday.")
+        assert created["status"] == "manual"
+        message = await h.posted(created["id"])
+        text = card_text(h, message)
+        assert "AI review pending" not in text and "not reviewed by AI (manual item)" in text
+        await h.click("U0BOB", ids.CLAIM, created["id"])
+        await h.click("U0BOB", ids.DONE, created["id"])
+        await h.status(created["id"], "handled")
+        handled = await card_once(h, message, "Handled by a human")
+        assert "AI review pending" not in handled and "not reviewed by AI (manual item)" in handled
+        assert h.jobs("risk.ai_review") == []  # the reviewer was never asked: nothing is pending
