@@ -350,8 +350,9 @@ def audit_export(
 
     if format not in ("jsonl", "csv"):
         fail("--format must be jsonl or csv", 2)
+    start = parse_since(since)  # a usage error is reported before anything is opened
     engine = existing_database_or_exit(engine_or_exit(database_url_or_exit()))
-    for chunk in audit.export(engine, since=parse_since(since), fmt=format):
+    for chunk in audit.export(engine, since=start, fmt=format):
         sys.stdout.write(chunk)
 
 

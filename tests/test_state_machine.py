@@ -950,10 +950,15 @@ class ReviewLoop(RuleBasedStateMachine):
         getattr(self, f"_{verb}")(*args)
 
     def _pause(self, who: str, user: str) -> None:
+        # Pausing what is paused already changes nothing: no second audit event, the first pause stays.
         self.control().pause(user, [who, "looks", "wrong"])
         if who == "all":
+            if self.pause_all:
+                return
             self.set_pause_all(True)
         else:
+            if self.paused[who]:
+                return
             self.set_paused(who, True)
         self.event("agent.paused", f"agent:{who}")
 
@@ -964,6 +969,8 @@ class ReviewLoop(RuleBasedStateMachine):
                 return
             self.set_pause_all(False)
         else:
+            if not self.paused[who]:  # nothing to resume: nothing changes
+                return
             self.set_paused(who, False)
         self.event("agent.resumed", f"agent:{who}")
 
