@@ -96,3 +96,7 @@ class DecisionRefused(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class CapRefused(DecisionRefused):
+    """An approval that would exceed a daily cap: the draft stays pending, its card is refreshed."""

@@ -49,7 +49,7 @@ _DRAFT_IN = {
         "amount": {"anyOf": [_AMOUNT, {"type": "null"}]},
         "currency": {"type": ["string", "null"], "pattern": "^[A-Z]{3}$"},
         "payload": {"type": ["object", "null"]},
-        "callback_url": {"type": ["string", "null"], "maxLength": 2000},
+        "callback_url": {"type": ["string", "null"], "maxLength": 2000, "pattern": "^[\\x21-\\x7e]+$"},
         "requested_by": {"type": ["string", "null"], "pattern": "^[UW][A-Z0-9]{2,20}$"},
         "idempotency_key": {"type": ["string", "null"], "pattern": "^[\\x21-\\x7e]{1,255}$"},
     },
@@ -221,7 +221,7 @@ def spec(
             draft_in["properties"]["callback_url"] = {
                 "type": ["string", "null"],
                 "maxLength": 2000,
-                "pattern": f"^({alternatives})[^\\x00]*$",
+                "pattern": f"^({alternatives})[\\x21-\\x7e]*$",  # printable ASCII, no space
             }
         else:
             draft_in["properties"]["callback_url"] = {"type": "null"}  # no prefix registered: only null

@@ -264,6 +264,26 @@ async def test_strange_unicode_is_stored_verbatim(api: Api) -> None:
     assert (await response.json())["body"] == text
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/cb/x\r\nX-Injected: y",
+        "http://127.0.0.1:8080/cb/a b",
+        "http://127.0.0.1:8080/cb/\tx",
+        "http://127.0.0.1:8080/cb/caf\u00e9",
+        "http://127.0.0.1:8080/cb/\x7f",
+    ],
+    ids=["crlf", "space", "tab", "non-ascii", "del"],
+)
+async def test_a_callback_url_the_client_would_rewrite_gets_422(api: Api, url: str) -> None:
+    status, body = await submit(api, REFUND | {"callback_url": url})
+    assert status == 422 and body["error"]["field"] == "callback_url", body
+    assert "plain URL" in body["error"]["message"]
+    assert count(api, Draft) == 0
+    status, _ = await submit(api, REFUND | {"callback_url": "http://127.0.0.1:8080/cb/caf%C3%A9%20x"})
+    assert status == 202
+
+
 async def test_callback_url_outside_registered_prefixes_gets_422(api: Api) -> None:
     status, body = await submit(api, REFUND | {"callback_url": "http://169.254.169.254/latest"})
     assert status == 422 and body["error"]["field"] == "callback_url"

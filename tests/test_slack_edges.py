@@ -192,3 +192,20 @@ async def test_a_first_approvers_edit_keeps_the_agents_own_text_as_body(h: Harne
     assert done["body"] == original and done["approved_body"] == edited and done["amount"] == "240.00"
     assert [(d["action"], d["by"]) for d in done["decisions"]] == [("edit", "U0ALICE"), ("approve", "U0BOB")]
     assert h.executor.requests[0].json["approved_body"] == edited
+
+
+async def test_a_click_refused_by_the_cap_refreshes_the_cards_usage(h: Harness) -> None:
+    first = await h.submit(amount="200.00", body="Refund of $200.00 issued.")
+    second = await h.submit(amount="200.00", body="Refund of $200.00 issued.", summary="two")
+    third = await h.submit(amount="150.00", body="Refund of $150.00 issued.", summary="three")
+    message = await h.posted(third["id"])
+    assert "0/20 today" in blocks_text(message)  # posted before anything was approved
+    for created in (first, second):
+        await h.click("U0ALICE", ids.APPROVE, created["id"])
+        await h.status(created["id"], "executed")
+    await h.click("U0ALICE", ids.APPROVE, third["id"])
+    await eventually(lambda: [t for t in h.ephemeral_texts() if "would exceed today's cap" in t])
+    assert (await h.draft(third["id"]))["status"] == "pending"
+    await eventually(
+        lambda: "2/20 today" in blocks_text(h.slack.message(message["channel"], message["ts"])) or None
+    )

@@ -22,7 +22,7 @@ from bot.decisions.outcomes import (
     who_decided,
 )
 from bot.drafts import record_change
-from bot.errors import DecisionRefused
+from bot.errors import CapRefused, DecisionRefused
 from bot.mrkdwn import escape
 from bot.runtime import Runtime
 from bot.settings import Category, currency_exponent
@@ -60,6 +60,12 @@ def approve(
         raise refuse_audited(
             rt, user=user, action="draft.approve_denied", subject=draft_id, why=denied.why
         ) from None
+    except CapRefused:
+        # The reviewer is told today's usage; the card, posted when less was used, shows it too.
+        with transaction(rt.engine) as session:
+            queries.enqueue(session, "slack.render", {"draft_id": draft_id}, now=rt.clock())
+        rt.wake_outbox()
+        raise
 
 
 def _approve_in(
@@ -134,13 +140,9 @@ def _approve_in(
     )
     if refused == "category":
         usage = caps.usage(session, rt.config, category, now)
-        raise DecisionRefused(
-            f"Approving would exceed today's cap ({usage.describe()}). The draft stays pending."
-        )
+        raise CapRefused(f"Approving would exceed today's cap ({usage.describe()}). The draft stays pending.")
     if refused == "agent":
-        raise DecisionRefused(
-            f"Approving would exceed {agent_name}'s own daily cap. The draft stays pending."
-        )
+        raise CapRefused(f"Approving would exceed {agent_name}'s own daily cap. The draft stays pending.")
     won = queries.transition(
         session,
         draft.id,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -127,6 +128,13 @@ def check(rt: Runtime, *, agent: Agent, draft: DraftIn) -> Checked:
     elif draft.currency is not None:
         raise Invalid("currency given without an amount", field="currency")
     if draft.callback_url is not None:
+        if not URL_CHARS.fullmatch(draft.callback_url):
+            # The HTTP client would drop or percent-encode them: the URL called would not be this one.
+            raise Invalid(
+                "callback_url must be a plain URL: no spaces, control or non-ASCII characters"
+                " (percent-encode them)",
+                field="callback_url",
+            )
         prefixes: list[str] = json.loads(agent.callback_prefixes)
         if not any(draft.callback_url.startswith(prefix) for prefix in prefixes):
             raise Invalid(
@@ -148,6 +156,9 @@ def prepare(rt: Runtime, *, agent: Agent, draft: DraftIn, key: str | None, base_
     sends the rules to its RuleWorkers)."""
     checked = check(rt, agent=agent, draft=draft)
     return checked.prepared(run_job(checked.rule_job()), key=key, base_url=base_url)
+
+
+URL_CHARS = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space: what a URL may hold as is
 
 
 def _dot_segments(url: str) -> bool:
