@@ -521,3 +521,28 @@ async def test_simultaneous_pauses_and_resumes_each_take_effect_once(h: Harness,
     assert sum(a.startswith(":arrow_forward: Resumed") for a in resumed) == 1, resumed
     assert _count(h, "agent.paused") == 1 and _count(h, "agent.resumed") == 1
     assert audit.verify(h.rt.engine).ok
+
+
+async def test_only_admins_shorten_manual_mode_anyone_may_lengthen_it(h: Harness) -> None:
+    assert "manual mode" in await h.command("U0ADMIN", "manual refund")
+    refused = await h.command("U0ALICE", "manual refund 5m")
+    assert "only admins can shorten it" in refused and "until an admin ends it" in refused
+    h.clock.advance(minutes=6)
+    assert (await h.submit())["reason"] == "category_manual"  # the admin's open-ended mode holds
+
+    assert "until" in await h.command("U0ADMIN", "manual refund 1h")
+    assert "only admins can shorten it" in await h.command("U0BOB", "manual refund 30m")
+    assert "until" in await h.command("U0BOB", "manual refund 2h")  # longer: fine
+    assert "manual mode:" in await h.command("U0ALICE", "manual refund")  # open-ended: fine
+    assert "until" in await h.command("U0ADMIN", "manual refund 1m")  # an admin may shorten it
+    h.clock.advance(minutes=2)
+    await eventually(lambda: any("ended on schedule" in a for a in h.alerts()))
+    assert (await h.submit(summary="after"))["status"] == "pending"
+    with h.rt.engine.connect() as conn:
+        denied = [
+            json.loads(after)["why"]
+            for (after,) in conn.execute(
+                sa.select(col(AuditEvent.after)).where(col(AuditEvent.action) == "control.manual_denied")
+            )
+        ]
+    assert len(denied) == 2

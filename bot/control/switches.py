@@ -64,6 +64,16 @@ def _set_agent(session: Session, agent: Agent, now: datetime, *, from_state: str
     return True
 
 
+def _shortens(current: dict[str, Any] | None, until: datetime | None, now: datetime) -> bool:
+    """Would manual mode `until` (None: open-ended) end sooner than the one in force now?"""
+    if not policy.is_manual(current, now):
+        return False
+    ends = (current or {}).get("until")
+    if ends is None:
+        return until is not None
+    return until is not None and until < datetime.fromisoformat(ends)
+
+
 def _who(by: str | None) -> str:
     return f"<@{by}>" if by and SLACK_USER.fullmatch(by) else escape(by or "someone")
 
@@ -188,6 +198,15 @@ class Switches:
             except OverflowError:
                 raise Refused(f"Duration too long: `{args[1][:40]}`.") from None
         with transaction(self.rt.engine, audited=True) as session:
+            current = queries.get_control(session, f"mode:{category}")
+            if user not in self.rt.config.admins and _shortens(current, until, now):
+                # Leaving manual mode is an admin's call; a shorter time box would be a way out.
+                ends = (current or {}).get("until")
+                held = f"until {ends[:16].replace('T', ' ')} UTC" if ends else "until an admin ends it"
+                raise Refused(
+                    f"*{category}* is in manual mode {held}; only admins can shorten it."
+                    " A longer time box, or none, is fine."
+                )
             value = {"mode": "manual", "by": user, "until": until.isoformat() if until else None}
             queries.set_control(session, f"mode:{category}", value, by=user, at=now)
             audit.append(
