@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -145,7 +146,10 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
     denials = slack_app_module.DenialLog()
     slack_app = slack_app_module.build(settings, rt, client, metrics, denials)
     app[slack_app_module.SLACK_APP] = slack_app
-    app[slack_app_module.VERIFIER] = SignatureVerifier(settings.slack_signing_secret or "")
+    # Socket Mode needs no signing secret; without one, POST /slack/events refuses every request
+    # (nothing can sign for a secret nobody holds).
+    secret = settings.slack_signing_secret or secrets.token_hex(32)
+    app[slack_app_module.VERIFIER] = SignatureVerifier(secret)
     app[slack_app_module.DENIALS] = denials
     app.router.add_post("/slack/events", slack_app_module.slack_events)
 

@@ -13,6 +13,7 @@ from typing import IO
 
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from sqlalchemy.engine import make_url
 
 from bot.app import Options, create_app
 from bot.settings import Settings
@@ -46,7 +47,8 @@ def hold_sqlite_lock(database_url: str) -> IO[bytes] | None:
     """
     if not database_url.startswith("sqlite") or os.environ.get("COUNTERSIGN_ALLOW_SHARED_SQLITE") == "1":
         return None
-    path = Path(database_url.split(":///", 1)[-1])
+    # The file itself, however the URL spells it (a symlink, a relative path, ?timeout=…).
+    path = Path(make_url(database_url).database or "countersign.db").resolve()
     handle = open(f"{path}.serve-lock", "ab")  # noqa: SIM115  (held open on purpose)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

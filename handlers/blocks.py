@@ -185,13 +185,18 @@ def _risk_text(card: DraftCard) -> str:
     ai = {
         "pending": "AI review pending…",
         "ok": "AI review done",
-        "unavailable": f"AI review unavailable ({escape(card.ai_note)[:120]}): rules only",
+        "unavailable": f"AI review unavailable ({_note(card.ai_note)}): rules only",
         "manual": "not reviewed by AI (manual item)",
         "skipped": "AI review not done: the draft left review first",
         "off": "",
     }.get(card.ai_status, "")
     text = "\n".join([head + (f" · {ai}" if ai else ""), *lines])
     return text[:SECTION_LIMIT]
+
+
+def _note(note: str) -> str:
+    """The reviewer's note, without the "AI review unavailable:" its text may already start with."""
+    return escape(note.removeprefix("AI review unavailable:").strip())[:120]
 
 
 def _banner(card: DraftCard) -> str | None:

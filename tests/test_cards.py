@@ -176,3 +176,10 @@ async def test_manual_card_of_an_ai_reviewed_category_says_it_is_not_ai_reviewed
         handled = await card_once(h, message, "Handled by a human")
         assert "AI review pending" not in handled and "not reviewed by AI (manual item)" in handled
         assert h.jobs("risk.ai_review") == []  # the reviewer was never asked: nothing is pending
+
+
+def test_the_reviewers_note_is_not_repeated_on_the_card() -> None:
+    card = replace(CARD, ai_status="unavailable", ai_note="AI review unavailable: Claude is overloaded (529)")
+    text = text_of(draft_blocks(card))
+    assert "AI review unavailable (Claude is overloaded (529)): rules only" in text
+    assert text.count("AI review unavailable") == 1

@@ -564,3 +564,15 @@ def test_missing_slack_credentials_is_empty_when_the_mode_has_what_it_needs(tmp_
 
     assert missing_slack_credentials(http, socket_mode=False) == []
     assert missing_slack_credentials(socket, socket_mode=True) == []
+
+
+def test_missing_slack_credentials_refuses_an_app_token_that_is_not_one(tmp_path: Path) -> None:
+    settings = load_settings(minimal_env(tmp_path, SLACK_BOT_TOKEN="xoxb-1", SLACK_APP_TOKEN="xoxb-2"))
+
+    found = missing_slack_credentials(settings, socket_mode=True)
+
+    assert len(found) == 1 and found[0].startswith("SLACK_APP_TOKEN is not an App-Level Token")
+    assert "xapp-" in found[0] and "connections:write" in found[0]
+    # HTTP mode does not use the app token: only the signing secret it lacks is named.
+    http = missing_slack_credentials(settings, socket_mode=False)
+    assert [m.split(" ", 1)[0] for m in http] == ["SLACK_SIGNING_SECRET"]

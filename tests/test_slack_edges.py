@@ -11,12 +11,15 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from aiohttp.test_utils import TestClient, TestServer
 from sqlmodel import col
 
 from bot import audit
+from bot.app import Options, create_app
+from bot.settings import load_settings
 from handlers import ids
 from storage.tables import AuditEvent, Decision
-from tests.conftest import SIGNING_SECRET
+from tests.conftest import SIGNING_SECRET, make_env, write_config
 from tests.doubles import signing
 from tests.harness import Harness, edit_values, eventually, harness
 
@@ -93,13 +96,21 @@ async def test_a_manual_item_is_claimed_by_one_person_only(h: Harness) -> None:
     await h.command("U0ALICE", "manual reply")
     created = await h.submit(category="reply", amount=None, body="Your order ships Monday.")
     assert created["status"] == "manual"
+    before = len(h.ephemeral_texts())
     await h.click("U0CAROL", ids.CLAIM, created["id"])
     await h.click("U0BOB", ids.CLAIM, created["id"])
     await h.click("U0CAROL", ids.CLAIM, created["id"])
-    texts = await eventually(lambda: h.ephemeral_texts()[-3:] if len(h.ephemeral_texts()) >= 3 else None)
-    assert texts[0] == "Claimed: it's yours."
-    assert texts[1] == "<@U0CAROL> has already claimed this item."
-    assert texts[2] == "You have already claimed this item."
+    # Each answer follows its click's ack: they may reach Slack in any order.
+    texts = await eventually(
+        lambda: h.ephemeral_texts()[before:] if len(h.ephemeral_texts()) >= before + 3 else None
+    )
+    assert sorted(texts) == sorted(
+        [
+            "Claimed: it's yours.",
+            "<@U0CAROL> has already claimed this item.",
+            "You have already claimed this item.",
+        ]
+    )
     with h.rt.engine.connect() as conn:
         claims = conn.execute(
             sa.select(col(Decision.by)).where(
@@ -209,3 +220,18 @@ async def test_a_click_refused_by_the_cap_refreshes_the_cards_usage(h: Harness) 
     await eventually(
         lambda: "2/20 today" in blocks_text(h.slack.message(message["channel"], message["ts"])) or None
     )
+
+
+async def test_a_server_without_a_signing_secret_starts_and_refuses_every_http_slack_request(
+    db_url: str, tmp_path: Path
+) -> None:
+    # Socket Mode needs no signing secret; the HTTP endpoint then has nothing to check against.
+    env = make_env(db_url, write_config(tmp_path))
+    del env["SLACK_SIGNING_SECRET"]
+    app = create_app(load_settings(env), Options(run_workers=False))
+    async with TestClient(TestServer(app)) as client:
+        for secret in ("", "x"):
+            request = signing.slash_command(secret or "anything", user_id="U0ADMIN", text="pause all")
+            response = await client.post("/slack/events", data=request.body, headers=request.headers)
+            assert response.status == 401
+        assert (await client.get("/healthz")).status == 200

@@ -103,6 +103,12 @@ def missing_slack_credentials(settings: Settings | Mapping[str, str], *, socket_
             f"SLACK_APP_TOKEN is not set (needed for --socket-mode): {where} an App-Level Token (xapp-…)"
             " with the connections:write scope from Basic Information → App-Level Tokens."
         )
+    elif socket_mode and app_token and not app_token.startswith("xapp-"):
+        # A bot token here is the usual slip; Slack would refuse it for ever, retried every 10 s.
+        messages.append(
+            "SLACK_APP_TOKEN is not an App-Level Token (those start with xapp-): create one with the"
+            " connections:write scope under Basic Information → App-Level Tokens."
+        )
     if not socket_mode and not signing_secret:
         messages.append(
             f"SLACK_SIGNING_SECRET is not set: {where} the Signing Secret"
