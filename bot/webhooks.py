@@ -27,7 +27,7 @@ from sqlmodel import Session, select
 from bot import agents, audit, caps, crashpoints, netguard, policy
 from bot.drafts import agent_view, record_change
 from bot.mrkdwn import escape, escape_cut
-from bot.outbox import NotAttempted, RetryLater
+from bot.outbox import NotAttempted, Permanent, RetryLater
 from bot.runtime import Runtime
 from bot.settings import Executor
 from storage import queries
@@ -42,6 +42,7 @@ BREAKER_THRESHOLD = 5  # consecutive executor failures before its category goes 
 # 409 is retried too (execute): an executor that deduplicates on Idempotency-Key answers it while
 # an earlier request with the same key is still being processed (Stripe does).
 RETRYABLE_STATUS = frozenset({408, 425, 429})
+MAX_RETRY_AFTER = 3600.0  # a target asking for more is waited on an hour at a time
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -73,9 +74,9 @@ def retry_after(value: str | None, now: datetime) -> float | None:
     if not value:
         return None
     if value.strip().isdigit():
-        return float(value.strip())
+        return min(float(value.strip()), MAX_RETRY_AFTER)
     try:
-        return max(0.0, (parsedate_to_datetime(value) - now).total_seconds())
+        return min(MAX_RETRY_AFTER, max(0.0, (parsedate_to_datetime(value) - now).total_seconds()))
     except (TypeError, ValueError):
         return None
 
@@ -144,7 +145,9 @@ class WebhookJobs:
             async with self.http("executor").post(
                 attempt.executor.url, data=attempt.body, headers=headers, allow_redirects=False
             ) as response:
-                status, text = response.status, (await response.text())[:500]
+                # An answer's status is what counts; a body that is not valid text is no reason to
+                # think the executor did not answer (and to send the same action again).
+                status, text = response.status, (await response.text(errors="replace"))[:500]
                 wait = retry_after(response.headers.get("Retry-After"), self.rt.clock())
             crashpoints.reached("after_executor_sent")
         except (aiohttp.ClientConnectorError, netguard.Blocked) as exc:
@@ -368,8 +371,12 @@ class WebhookJobs:
             raise RetryLater(f"callback not sent: {exc}") from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise RetryLater(f"callback failed: {type(exc).__name__}") from None
-        if not 200 <= status < 300:
+        if 200 <= status < 300:
+            return
+        if status in RETRYABLE_STATUS or status >= 500:
             raise RetryLater(f"callback answered {status}", retry_after=wait)
+        # 3xx (redirects are not followed) and other 4xx: the agent's endpoint refused this callback.
+        raise Permanent(f"callback answered {status}")
 
 
 def _vet(url: str) -> None:

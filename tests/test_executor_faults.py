@@ -39,6 +39,37 @@ async def test_retry_after_as_an_http_date_is_honoured(h: Harness) -> None:
     assert len(h.executor.requests) == 2
 
 
+async def test_a_2xx_whose_body_is_not_text_is_executed_once(h: Harness) -> None:
+    h.executor.script((200, {"Content-Type": "text/plain; charset=utf-8"}, b"\xff\xfe" * 10))
+    created = await h.submit()
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    executed = await h.status(created["id"], "executed")
+    assert executed["execution"]["attempts"] == 1
+    assert len(h.executor.requests) == 1
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+async def test_a_callback_refused_with_a_permanent_4xx_is_not_retried(h: Harness, status: int) -> None:
+    h.callbacks.script(*[status] * 10)
+    created = await h.submit(callback_url=h.callbacks.url + "/hook")
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    await h.status(created["id"], "executed")
+
+    # One callback per status change (approved, executed), each sent once and given up at once.
+    def given_up() -> list[tuple[str, int]] | None:
+        jobs = h.jobs("callback.send")
+        return jobs if len(jobs) == 2 and all(status == "dead" for status, _ in jobs) else None
+
+    assert [attempts for _, attempts in await eventually(given_up)] == [1, 1]
+    assert len(h.callbacks.requests) == 2
+
+
+def test_retry_after_is_capped_at_an_hour() -> None:
+    now = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
+    assert retry_after("999999999999", now) == 3600.0
+    assert retry_after(format_datetime(now + timedelta(days=400), usegmt=True), now) == 3600.0
+
+
 def test_retry_after_parses_seconds_and_dates() -> None:
     now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
     assert retry_after("7", now) == 7.0

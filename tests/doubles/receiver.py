@@ -68,10 +68,14 @@ class Receiver:
             return web.Response()
         if answer == "hang":
             await asyncio.sleep(3600)
+        raw: bytes | None = None  # (status, headers, raw body) answers with exactly those bytes
         if isinstance(answer, tuple):
-            status, headers = answer
+            status, headers, *rest = answer
+            raw = rest[0] if rest else None
         else:
             status, headers = int(answer), {}
         if 200 <= status < 300:
             self.effects.setdefault(request.headers.get("Idempotency-Key", ""), body)
+        if raw is not None:
+            return web.Response(status=status, headers=headers, body=raw)
         return web.json_response({"status": status}, status=status, headers=headers)
