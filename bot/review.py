@@ -41,6 +41,7 @@ class EditForm:
     version: int
     body: str
     amount_text: str | None
+    category: str | None = None  # from the modal's metadata; None: read from the draft
 
 
 def parse_value(value: str) -> tuple[str, int]:
@@ -159,7 +160,9 @@ class Reviewing:
         it closes; the approval checks it again in its transaction."""
         if form.amount_text is None:
             return None
-        _, category = await asyncio.to_thread(self._category, form.draft_id)
+        known = self.rt.config.categories.get(form.category or "")
+        # A modal opened before its metadata named the category: the draft says.
+        category = known or (await asyncio.to_thread(self._category, form.draft_id))[1]
         try:
             amount = parse_amount(form.amount_text, category.currency)
         except DecisionRefused as refused:

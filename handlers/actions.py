@@ -67,7 +67,8 @@ async def edit(
     amount = None
     if draft.amount_minor is not None:
         amount = str(from_minor(draft.amount_minor, currency_exponent(draft.currency or category.currency)))
-    meta = blocks.metadata(draft.id, draft.version, body.get("channel", {}).get("id"), draft.slack_ts)
+    channel = body.get("channel", {}).get("id")
+    meta = blocks.metadata(draft.id, draft.version, channel, draft.slack_ts, draft.category)
     view = blocks.edit_modal(
         draft_id=draft.id, version=draft.version, body=draft.body, amount=amount, meta=meta
     )

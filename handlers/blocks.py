@@ -296,8 +296,13 @@ def _ended(card: DraftCard) -> str | None:
     return None
 
 
-def metadata(draft_id: str, version: int, channel: str | None, ts: str | None) -> str:
-    return json.dumps({"draft_id": draft_id, "version": version, "channel": channel, "ts": ts})
+def metadata(
+    draft_id: str, version: int, channel: str | None, ts: str | None, category: str | None = None
+) -> str:
+    """A modal's private_metadata: which draft and version it decides, where to answer, and the
+    draft's category (so the Edit modal's amount is checked before its ack without a database read)."""
+    meta = {"draft_id": draft_id, "version": version, "channel": channel, "ts": ts}
+    return json.dumps(meta | ({"category": category} if category else {}))
 
 
 def edit_modal(*, draft_id: str, version: int, body: str, amount: str | None, meta: str) -> View:

@@ -67,6 +67,7 @@ async def edit_submitted(
         version=int(meta["version"]),
         body=text,
         amount_text=amount_text.strip() or None,
+        category=meta.get("category") if isinstance(meta.get("category"), str) else None,
     )
     reviewing = services(context).reviewing
     try:

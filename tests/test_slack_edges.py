@@ -85,6 +85,10 @@ async def test_a_bad_amount_in_the_edit_modal_keeps_the_modal_open_on_that_field
         assert status == 200
         answer = json.loads(text)
         assert answer["response_action"] == "errors" and why in answer["errors"][ids.EDIT_AMOUNT_BLOCK]
+    assert json.loads(meta)["category"] == "refund"  # checked before the ack, without a database read
+    legacy = json.dumps({k: v for k, v in json.loads(meta).items() if k != "category"})
+    status, text = await h.submit_view("U0BOB", ids.EDIT_MODAL, legacy, edit_values("Edited.", "301.00"))
+    assert json.loads(text)["errors"][ids.EDIT_AMOUNT_BLOCK].endswith("limit of 300.00.")
     view = await h.draft(created["id"])
     assert view["status"] == "pending" and view["decisions"] == [] and view["amount"] == "30.00"
     status, text = await h.submit_view("U0BOB", ids.EDIT_MODAL, meta, edit_values("Edited.", "25.00"))
