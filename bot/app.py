@@ -156,6 +156,7 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
     slack_jobs = slack.SlackJobs(rt=rt, client=client)
     webhook_jobs = WebhookJobs(rt)
     reviewer = ClaudeReviewer.from_settings(settings, clock=options.clock)
+    metrics.reviewer_available.set_function(lambda: float(reviewer.available()))
     ai_jobs = AIReviewJobs(rt, reviewer, metrics)
     worker = Worker(
         rt=rt,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlmodel import col
@@ -123,6 +123,11 @@ class Metrics:
         )
         self.reviewer = Counter(
             "countersign_ai_reviews", "Claude reviewer calls by outcome", ["outcome"], registry=self.registry
+        )
+        self.reviewer_available = Gauge(
+            "countersign_ai_reviewer_available",
+            "1 when the Claude reviewer has a key and its last call answered; 0 otherwise (rules only)",
+            registry=self.registry,
         )
 
     def watch(self, rt: Runtime) -> None:

@@ -176,6 +176,10 @@ class ClaudeReviewer:
             clock=clock,
         )
 
+    def available(self) -> bool:
+        """Configured, and its last call (if any) answered: what /metrics reports as availability."""
+        return self._client is not None and self._breaker.failures == 0
+
     async def aclose(self) -> None:
         """Close the HTTP client."""
         if self._client is not None:

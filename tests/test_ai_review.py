@@ -112,3 +112,27 @@ def test_risk_check_cli_prints_one_line_per_input_and_a_summary(tmp_path: Path) 
     assert out[1] == {"line": 2, "level": "none", "findings": []}
     assert "error" in out[2] and "unknown category" in out[3]["error"]
     assert "4 drafts: high 1, none 1, error 2" in done.stderr
+
+
+def reviewer_available(text: str) -> float:
+    line = next(line for line in text.splitlines() if line.startswith("countersign_ai_reviewer_available "))
+    return float(line.split()[1])
+
+
+async def test_metrics_show_whether_the_reviewer_is_available(h: Harness, claude: AnthropicDouble) -> None:
+    assert reviewer_available(await (await h.client.get("/metrics")).text()) == 1.0
+    claude.script(Status(529, "overloaded_error", "Overloaded"))
+    message = await h.posted(str((await submit(h))["id"]))
+    await eventually(lambda: "AI review unavailable" in card(h, message))
+    text = await (await h.client.get("/metrics")).text()
+    assert reviewer_available(text) == 0.0
+    assert 'countersign_ai_reviews_total{outcome="unavailable"} 1.0' in text
+    claude.script(findings())
+    message = await h.posted(str((await submit(h))["id"]))
+    await eventually(lambda: "AI review done" in card(h, message))
+    assert reviewer_available(await (await h.client.get("/metrics")).text()) == 1.0
+
+
+async def test_metrics_show_the_reviewer_unavailable_without_a_key(db_url: str, tmp_path: Path) -> None:
+    async with harness(db_url, tmp_path, extra_config=AI_ON) as h:
+        assert reviewer_available(await (await h.client.get("/metrics")).text()) == 0.0

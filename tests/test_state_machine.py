@@ -71,6 +71,7 @@ from sqlmodel import col
 
 from bot import agents, audit, decisions, drafts, intake, policy
 from bot.control import Control
+from bot.control.switches import Refused
 from bot.errors import Conflict, DecisionRefused, IdempotencyMismatch, NotFound
 from bot.outbox import NotAttempted
 from bot.runtime import Runtime
@@ -976,8 +977,14 @@ class ReviewLoop(RuleBasedStateMachine):
 
     def _manual(self, category: str, duration: timedelta | None) -> None:
         words = [] if duration is None else [f"{int(duration.total_seconds() // 60)}m"]
-        self.control().manual("U0BOB", [category, *words])
         until = None if duration is None else self.now + duration
+        if self.manual(category):  # U0BOB is no admin: he may lengthen manual mode, not shorten it
+            current = self.modes[category]["until"]  # type: ignore[index]
+            if until is not None and (current is None or until < current):
+                with pytest.raises(Refused, match="only admins can shorten it"):
+                    self.control().manual("U0BOB", [category, *words])
+                return
+        self.control().manual("U0BOB", [category, *words])
         self.set_mode(category, {"mode": "manual", "until": until})
         self.event("category.manual", f"category:{category}")
 
