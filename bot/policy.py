@@ -35,6 +35,13 @@ def too_long_to_edit(body: str) -> str | None:
     )
 
 
+def edited_amount_problem(amount: Decimal, max_amount: Decimal | None) -> str | None:
+    """Why a reviewer's edited amount cannot be approved, or None when it can."""
+    if max_amount is not None and amount > max_amount:
+        return f"The edited amount is above this category's limit of {max_amount}."
+    return None
+
+
 def to_minor(amount: Decimal, exponent: int) -> int:
     """Decimal → integer minor units; the caller has already checked the number of decimals."""
     return int(amount.scaleb(exponent))

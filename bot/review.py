@@ -167,9 +167,7 @@ class Reviewing:
             amount = parse_amount(form.amount_text, category.currency)
         except DecisionRefused as refused:
             return refused.message
-        if category.max_amount is not None and amount > category.max_amount:
-            return f"The edited amount is above this category's limit of {category.max_amount}."
-        return None
+        return policy.edited_amount_problem(amount, category.max_amount)
 
     @fail_closed
     async def approve_edited(self, *, user: str, form: EditForm) -> Outcome:

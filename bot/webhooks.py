@@ -175,6 +175,9 @@ class WebhookJobs:
             # 3xx (redirects are not followed) and other 4xx: the executor refused; retrying cannot
             # help. After an attempt whose answer never came, _finish records the outcome as unknown.
             await asyncio.to_thread(self._finish, draft_id, ok=False, error=f"HTTP {status}: {text}")
+            # The job ends as a permanent failure, not a delivery, in the outbox and in /metrics
+            # (its give-up hook finds the draft already settled and changes nothing).
+            raise Permanent(f"executor refused: HTTP {status}")
 
     def _begin(self, draft_id: str) -> Attempt | None:
         """Re-check, in the attempt's own transaction, that the action may still run."""

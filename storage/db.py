@@ -7,7 +7,9 @@ failing halfway with 'database is locked'.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -63,13 +65,58 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
 
 def _sqlite_on_begin(conn: Connection) -> None:
     # Reads take no lock (WAL gives them a snapshot); writes take the write lock at BEGIN.
-    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+    if conn.get_execution_options().get(READ_ONLY):
+        conn.exec_driver_sql("BEGIN")
+        return
+    # A writer that queued behind this process's other writers waits on SQLite's busy handler
+    # only for what is left of its one timeout, so queued waits do not add up.
+    deadline = getattr(_writer_deadline, "at", None)
+    left_ms = SQLITE_BUSY_TIMEOUT_MS if deadline is None else int((deadline - time.monotonic()) * 1000)
+    if left_ms < SQLITE_BUSY_TIMEOUT_MS - SHORTENED_BY_AT_LEAST_MS:
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={max(left_ms, 1)}")
+        conn.info[SHORTENED] = True
+    elif conn.info.pop(SHORTENED, False):
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 READ_ONLY = "countersign_read_only"
+SHORTENED = "countersign_busy_timeout_shortened"
+SHORTENED_BY_AT_LEAST_MS = 100  # shorter waits leave the connection's busy_timeout as it is
 # Threads of one process queue here rather than in SQLite's busy handler, which polls and
 # sleeps: a FIFO lock hands the write lock over without the busy handler's latency spikes.
 _sqlite_writers: dict[int, threading.RLock] = {}
+_writer_deadline = threading.local()  # when this thread's outermost write transaction gives up
+
+
+@contextmanager
+def _sqlite_writer(engine: Engine) -> Iterator[None]:
+    """Hold this process's writer lock for `engine`, giving up as SQLite's busy handler would.
+
+    One timeout covers the wait here and the wait for SQLite's own lock, so a writer never waits
+    longer than `SQLITE_BUSY_TIMEOUT_MS` in all, however many writers queued before it.
+    """
+    lock = _sqlite_writers.setdefault(id(engine), threading.RLock())
+    outermost = getattr(_writer_deadline, "at", None) is None
+    timeout = SQLITE_BUSY_TIMEOUT_MS / 1000
+    if outermost:
+        _writer_deadline.at = time.monotonic() + timeout
+    try:
+        if not lock.acquire(timeout=timeout):
+            raise sa.exc.OperationalError(
+                "BEGIN IMMEDIATE",
+                None,
+                sqlite3.OperationalError(
+                    f"database is locked: this process's writers queued for {timeout:g} s"
+                ),
+            )
+        try:
+            yield
+        finally:
+            lock.release()
+    finally:
+        if outermost:
+            _writer_deadline.at = None
 
 
 @contextmanager
@@ -90,10 +137,9 @@ def transaction(engine: Engine, *, write: bool = True, audited: bool = False) ->
         with Session(reader, expire_on_commit=False) as session, session.begin():
             yield session
         return
-    lock = _sqlite_writers.setdefault(id(engine), threading.RLock()) if is_sqlite(engine) else None
-    if lock is None:
+    if not is_sqlite(engine):
         with Session(engine, expire_on_commit=False) as session, session.begin():
             yield session
         return
-    with lock, Session(engine, expire_on_commit=False) as session, session.begin():
+    with _sqlite_writer(engine), Session(engine, expire_on_commit=False) as session, session.begin():
         yield session

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import col
 from standardwebhooks import Webhook
 
@@ -32,6 +33,16 @@ from tests.doubles.receiver import Received, Receiver
 from tests.doubles.slack_api import SlackDouble
 
 T = TypeVar("T")
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text → each sample's value by (name, sorted labels)."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
 
 USERS: dict[str, dict[str, Any]] = {
     "U0ALICE": {"name": "alice"},
@@ -152,20 +163,24 @@ class Harness:
         response = await self.client.post("/slack/events", data=request.body, headers=request.headers)
         return response.status, await response.text()
 
-    async def click(self, user: str, action_id: str, draft_id: str, *, version: int = 1) -> tuple[int, str]:
+    async def click_payload(
+        self, user: str, action_id: str, draft_id: str, *, version: int = 1
+    ) -> dict[str, Any]:
+        """The ``block_actions`` payload of a click on a posted draft's card, not yet signed."""
         message = await self.posted(draft_id)
-        return await self.post_signed(
-            signing.block_action(
-                SIGNING_SECRET,
-                user_id=user,
-                action_id=action_id,
-                value=f"{draft_id}:{version}",
-                block_id=f"draft:{draft_id}",
-                channel_id=message["channel"],
-                message_ts=message["ts"],
-                response_url=self.slack.response_url(),
-            )
+        return signing.block_action_payload(
+            user_id=user,
+            action_id=action_id,
+            value=f"{draft_id}:{version}",
+            block_id=f"draft:{draft_id}",
+            channel_id=message["channel"],
+            message_ts=message["ts"],
+            response_url=self.slack.response_url(),
         )
+
+    async def click(self, user: str, action_id: str, draft_id: str, *, version: int = 1) -> tuple[int, str]:
+        payload = await self.click_payload(user, action_id, draft_id, version=version)
+        return await self.post_signed(signing.interactive(SIGNING_SECRET, payload))
 
     async def submit_view(
         self, user: str, callback_id: str, meta: str, values: dict[str, Any]
@@ -191,6 +206,10 @@ class Harness:
         assert status == 200
         answer = await eventually(lambda: self.slack.responses[before:])
         return str((answer[0].get("json") or {}).get("text"))
+
+    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """One scrape of /metrics: each sample's value by (name, sorted labels)."""
+        return metric_samples(await (await self.client.get("/metrics")).text())
 
     def jobs(self, kind: str) -> list[tuple[str, int]]:
         """(status, attempts) of each outbox job of `kind`, oldest first."""

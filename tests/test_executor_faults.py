@@ -11,6 +11,8 @@ from bot.webhooks import retry_after
 from handlers import ids
 from tests.harness import Harness, eventually, harness
 
+DELIVERIES = "countersign_delivery_attempts_total"
+
 
 @pytest.fixture
 async def h(db_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
@@ -28,6 +30,13 @@ async def test_permanent_4xx_is_never_retried(h: Harness, status: int) -> None:
     assert len(h.executor.requests) == 1
     me = await (await h.client.get("/v1/agents/me", headers=h.auth())).json()
     assert me["categories"]["refund"]["amount_used"] == "0.00"  # the failure released the reservation
+    # A refusal is a failed delivery, in the outbox and in /metrics, not a delivered one.
+    assert await eventually(lambda: h.jobs("executor.call") == [("dead", 1)])
+    values = await h.metrics()
+    assert values[(DELIVERIES, (("outcome", "permanent_failure"), ("target", "executor")))] == 1
+    assert (DELIVERIES, (("outcome", "delivered"), ("target", "executor"))) not in values
+    failed = await h.draft(created["id"])
+    assert failed["status"] == "failed" and failed["execution"]["status"] == "failed"
 
 
 async def test_retry_after_as_an_http_date_is_honoured(h: Harness) -> None:

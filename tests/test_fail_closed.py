@@ -48,19 +48,9 @@ async def test_the_api_answers_503_when_the_control_state_cannot_be_read(api: Ap
 async def test_no_approval_when_the_control_state_cannot_be_read(db_url: str, tmp_path: Path) -> None:
     async with harness(db_url, tmp_path) as h:
         created = await h.submit()
-        message = await h.posted(created["id"])
+        payload = await h.click_payload("U0ALICE", ids.APPROVE, created["id"])
         break_database(h.rt)
-        await h.post_signed(
-            signing.block_action(
-                SIGNING_SECRET,
-                user_id="U0ALICE",
-                action_id=ids.APPROVE,
-                value=f"{created['id']}:1",
-                channel_id=message["channel"],
-                message_ts=message["ts"],
-                response_url=h.slack.response_url(),
-            )
-        )
+        await h.post_signed(signing.interactive(SIGNING_SECRET, payload))
         await eventually(lambda: any("cannot read its control state" in t for t in h.ephemeral_texts()))
         assert h.executor.requests == []
         answer = await h.command("U0ALICE", "pause support-bot")

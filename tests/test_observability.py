@@ -6,20 +6,10 @@ import json
 import logging
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from bot import logs
 from handlers import ids
 from tests.conftest import BOT_TOKEN, EXECUTOR_SECRET, SIGNING_SECRET
-from tests.harness import eventually, harness
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
+from tests.harness import eventually, harness, metric_samples
 
 
 async def test_metrics_report_drafts_decisions_outbox_and_caps(db_url: str, tmp_path: Path) -> None:
@@ -30,7 +20,7 @@ async def test_metrics_report_drafts_decisions_outbox_and_caps(db_url: str, tmp_
         await h.status(created["id"], "executed")
         response = await h.client.get("/metrics")
         assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain")
-        values = samples(await response.text())
+        values = metric_samples(await response.text())
     assert values[("countersign_drafts", (("category", "refund"), ("status", "executed")))] == 1
     assert values[("countersign_pending_drafts", ())] == 1
     assert values[("countersign_decisions_total", (("action", "approve"), ("category", "refund")))] == 1
@@ -55,7 +45,7 @@ async def test_slack_delivery_failures_show_in_metrics(db_url: str, tmp_path: Pa
         delivered = ("countersign_delivery_attempts_total", (("outcome", "delivered"), ("target", "slack")))
         # The message is stored a moment before the delivery is counted: poll the scrape.
         for _ in range(200):
-            values = samples(await (await h.client.get("/metrics")).text())
+            values = await h.metrics()
             if values.get(delivered):
                 break
             await asyncio.sleep(0.05)

@@ -22,15 +22,7 @@ async def test_socket_mode_delivers_clicks_and_commands_to_the_same_listeners(
         try:
             await sock.wait_connected()
             created = await h.submit()
-            message = await h.posted(created["id"])
-            payload = signing.block_action_payload(
-                user_id="U0ALICE",
-                action_id=ids.APPROVE,
-                value=f"{created['id']}:1",
-                channel_id=message["channel"],
-                message_ts=message["ts"],
-                response_url=h.slack.response_url(),
-            )
+            payload = await h.click_payload("U0ALICE", ids.APPROVE, created["id"])
             ack = await sock.send_envelope("interactive", payload)
             assert ack["envelope_id"]
             await h.status(created["id"], "executed")

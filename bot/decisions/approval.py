@@ -102,10 +102,9 @@ def _approve_in(
         if draft.amount_minor is None:
             raise DecisionRefused("This draft has no amount, so none can be edited in.")
         amount_minor = policy.to_minor(edited_amount, exponent)
-        if category.max_amount is not None and edited_amount > category.max_amount:
-            raise DecisionRefused(
-                f"The edited amount is above this category's limit of {category.max_amount}."
-            )
+        too_much = policy.edited_amount_problem(edited_amount, category.max_amount)
+        if too_much:
+            raise DecisionRefused(too_much)
     if edited_body is not None:
         too_long = policy.too_long_to_edit(draft.body)
         if too_long:  # the modal could only have shown (and sent back) part of it
