@@ -372,14 +372,17 @@ def digest(
     settings = settings_or_exit()
     rt = runtime(settings)
     now = rt.clock()
-    if date_ is None:
-        day, until = now.astimezone(settings.config.timezone).date(), now
-    else:
-        try:
-            day, until = _day(date_, settings), None
-        except ValueError:
-            fail(f"not a date: {date_!r} (use YYYY-MM-DD or an ISO 8601 datetime)", 2)
-    built = digest_module.build(rt, day, until=until)
+    today = now.astimezone(settings.config.timezone).date()
+    try:
+        day = today if date_ is None else _day(date_, settings)
+    except ValueError:
+        fail(f"not a date: {date_!r} (use YYYY-MM-DD or an ISO 8601 datetime)", 2)
+    if day > today:
+        fail(
+            f"{day.isoformat()} has not begun yet in {settings.config.timezone.key} (today is {today.isoformat()})",
+            2,
+        )
+    built = digest_module.build(rt, day, until=now if day == today else None)
     if print_:
         typer.echo(built.text())
         return

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -105,7 +106,7 @@ class Digest:
             out.append("*Manual periods*")
             out.extend(self.manual_periods)
         oldest = (
-            "" if self.oldest_pending is None else f" (oldest since {self.oldest_pending:%Y-%m-%d %H:%M} UTC)"
+            "" if self.oldest_pending is None else f" (oldest since {self.oldest_pending:%Y-%m-%d %H:%M %Z})"
         )
         out.append(f"*Still pending*: {self.pending}{oldest}")
         out.append(f"*Audit chain head*: #{self.head[0]} {self.head[1]}")
@@ -171,7 +172,7 @@ def build(
                 line.rejected += 1
                 line.reasons[(decision.reason or "").strip()] += 1
         cap_lines = _caps(session, rt, day)
-        pauses, periods = _control_events(session, start, end, people or {})
+        pauses, periods = _control_events(session, start, end, zone, people or {})
         pending, oldest = session.execute(
             sa.select(sa.func.count(), sa.func.min(col(Draft.created_at))).where(
                 col(Draft.status) == "pending", col(Draft.created_at) < end
@@ -186,7 +187,7 @@ def build(
         pauses=pauses,
         manual_periods=periods,
         pending=int(pending),
-        oldest_pending=oldest,
+        oldest_pending=None if oldest is None else oldest.astimezone(zone),
         head=head,
         trend=trend,
     )
@@ -236,29 +237,29 @@ def people_of(rt: Runtime, day: date) -> list[str]:
 
 
 def _control_events(
-    session: Session, start: datetime, end: datetime, people: Mapping[str, str]
+    session: Session, start: datetime, end: datetime, zone: ZoneInfo, people: Mapping[str, str]
 ) -> tuple[list[str], list[str]]:
     pauses, periods = [], []
     for event in _control_audit(session, start, end):
         after = json.loads(event.after) or {}
         agent = event.subject.removeprefix("agent:")
+        at, by = _clock_time(event.at, zone), _person(event.actor, people)
         if event.action == "agent.paused":
-            who = (
-                "automatically" if event.actor.startswith("system:") else f"by {_person(event.actor, people)}"
-            )
+            who = "automatically" if event.actor.startswith("system:") else f"by {by}"
             reason = escape_cut(str(after.get("reason") or "no reason given"), 200)
-            pauses.append(f"{agent} paused at {event.at:%H:%M} UTC {who}: {reason}")
+            pauses.append(f"{agent} paused at {at} {who}: {reason}")
         elif event.action == "agent.resumed":
-            pauses.append(f"{agent} resumed at {event.at:%H:%M} UTC by {_person(event.actor, people)}")
+            pauses.append(f"{agent} resumed at {at} by {by}")
         elif event.action == "category.manual":
-            periods.append(
-                f"{event.subject.removeprefix('category:')} manual from {event.at:%H:%M} UTC by {_person(event.actor, people)}"
-            )
+            periods.append(f"{event.subject.removeprefix('category:')} manual from {at} by {by}")
         elif event.action == "category.review":
-            periods.append(
-                f"{event.subject.removeprefix('category:')} back to review at {event.at:%H:%M} UTC"
-            )
+            periods.append(f"{event.subject.removeprefix('category:')} back to review at {at} by {by}")
     return pauses, periods
+
+
+def _clock_time(at: datetime, zone: ZoneInfo) -> str:
+    """A time of the digest's day as its readers live it: in the configured zone, named."""
+    return f"{at.astimezone(zone):%H:%M %Z}"
 
 
 def _trend_day(session: Session, day: date, zone: Any) -> tuple[str, int, int, int]:

@@ -141,6 +141,10 @@ def test_the_digest_lists_every_pause_and_counts_failures_and_unknown_outcomes(
     control.pause("U0ALICE", ["support-bot", "refunds", "look", "<!channel>", "wrong"])
     clock.advance(minutes=5)
     control.resume("U0ADMIN", ["support-bot"])
+    clock.advance(minutes=5)
+    control.manual("U0ADMIN", ["reply"])
+    clock.advance(minutes=30)
+    control.review("U0ADMIN", ["reply"])
     with rt.engine.begin() as conn:  # two of the day's approvals ended badly at the executor
         ids = [
             row[0]
@@ -154,8 +158,12 @@ def test_the_digest_lists_every_pause_and_counts_failures_and_unknown_outcomes(
     assert (line.failed, line.needs_reconciliation) == (1, 1)
     text = built.text()
     # Named, never @-mentioned (a mention would notify them every morning); an unknown name is the id.
-    assert "support-bot paused at 16:00 UTC by @alice &lt;b&gt;: refunds look &lt;!channel&gt; wrong" in text
-    assert "support-bot resumed at 16:05 UTC by U0ADMIN" in text
+    # Times are the configured zone's (America/New_York), as the day is.
+    assert "support-bot paused at 11:00 EST by @alice &lt;b&gt;: refunds look &lt;!channel&gt; wrong" in text
+    assert "support-bot resumed at 11:05 EST by U0ADMIN" in text
+    assert "reply manual from 11:10 EST by U0ADMIN" in text
+    assert "reply back to review at 11:40 EST by U0ADMIN" in text
+    assert "*Still pending*: 1 (oldest since 2026-11-24 09:30 EST)" in text
     assert "<!channel>" not in text and "<@" not in text
 
 
@@ -211,6 +219,18 @@ def test_digest_print_cli_prints_the_same_numbers(
             check=True,
         )
         assert again.stdout.strip() == expected.strip(), when
+
+
+def test_digest_of_a_day_that_has_not_begun_exits_2(db_url: str, tmp_path: Path) -> None:
+    env = make_env(db_url, write_config(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "digest", "--date", "2999-01-01", "--print"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert "2999-01-01 has not begun yet in America/New_York" in result.stderr
 
 
 async def test_scheduled_digest_is_posted_once_with_its_chart(db_url: str, tmp_path: Path) -> None:
