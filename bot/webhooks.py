@@ -228,7 +228,10 @@ class WebhookJobs:
             }
             if ambiguous:
                 values["execution_ambiguous"] = True
-            queries.update_draft(session, draft_id, where={"status": "approved"}, **values)
+            if queries.update_draft(session, draft_id, where={"status": "approved"}, **values):
+                # The card shows the attempts so far and the last error while the retries go on
+                # (and while the breaker holds them), not "pending after 0 attempts".
+                queries.enqueue(session, "slack.render", {"draft_id": draft_id}, now=self.rt.clock())
             draft = session.get(Draft, draft_id)
             if draft is not None and executor_failed:
                 self._executor_health(session, draft.category, ok=False, error=error)

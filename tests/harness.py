@@ -35,6 +35,11 @@ from tests.doubles.slack_api import SlackDouble
 T = TypeVar("T")
 
 
+def blocks_text(message: dict[str, Any]) -> str:
+    """A Slack message's blocks as one searchable string."""
+    return json.dumps(message.get("blocks") or [], ensure_ascii=False)
+
+
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Prometheus text → each sample's value by (name, sorted labels)."""
     out = {}

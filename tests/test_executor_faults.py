@@ -9,7 +9,7 @@ import pytest
 
 from bot.webhooks import retry_after
 from handlers import ids
-from tests.harness import Harness, eventually, harness
+from tests.harness import Harness, blocks_text, eventually, harness
 
 DELIVERIES = "countersign_delivery_attempts_total"
 
@@ -106,6 +106,30 @@ async def test_consecutive_executor_failures_switch_the_category_to_manual(h: Ha
     assert after["status"] == "manual" and after["reason"] == "category_manual"
     assert "back in review mode" in await h.command("U0ADMIN", "review refund")
     assert (await h.submit(summary="resumed"))["status"] == "pending"
+
+
+async def test_a_draft_whose_retries_trip_the_breaker_waits_for_review_and_its_card_says_why(
+    db_url: str, tmp_path: Path
+) -> None:
+    # Six attempts per draft (the server's default), five consecutive failures trip the breaker:
+    # the sixth is held (not given up) while the category is manual, and runs once an admin
+    # returns it to review.
+    async with harness(db_url, tmp_path, executor_attempts=6) as h:
+        h.executor.script(*([503] * 5), 200)
+        created = await h.submit()
+        await h.click("U0ALICE", ids.APPROVE, created["id"])
+        await eventually(lambda: any("failed 5 times in a row" in a for a in h.alerts()))
+        message = await h.posted(created["id"])
+
+        def card() -> str | None:
+            text = blocks_text(h.slack.message(message["channel"], message["ts"]))
+            return text if "after 5 attempt(s)" in text else None
+
+        assert "Execution: pending after 5 attempt(s) — HTTP 503" in await eventually(card)
+        assert (await h.draft(created["id"]))["status"] == "approved" and len(h.executor.requests) == 5
+        assert "back in review mode" in await h.command("U0ADMIN", "review refund")
+        executed = await h.status(created["id"], "executed")
+        assert executed["execution"]["attempts"] == 6 and len(h.executor.effects) == 1
 
 
 async def test_a_success_resets_the_failure_count(h: Harness) -> None:

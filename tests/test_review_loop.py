@@ -18,17 +18,13 @@ from storage.tables import AuditEvent, Draft
 from tests.conftest import EXECUTOR_SECRET, SIGNING_SECRET
 from tests.doubles import signing
 from tests.doubles.receiver import Received
-from tests.harness import Harness, edit_values, eventually, harness
+from tests.harness import Harness, blocks_text, edit_values, eventually, harness
 
 
 @pytest.fixture
 async def h(db_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
     async with harness(db_url, tmp_path) as value:
         yield value
-
-
-def blocks_text(message: dict[str, Any]) -> str:
-    return json.dumps(message.get("blocks") or [], ensure_ascii=False)
 
 
 def has_buttons(message: dict[str, Any]) -> bool:

@@ -21,17 +21,13 @@ from handlers import ids
 from storage.tables import AuditEvent, Decision
 from tests.conftest import SIGNING_SECRET, make_env, write_config
 from tests.doubles import signing
-from tests.harness import Harness, edit_values, eventually, harness
+from tests.harness import Harness, blocks_text, edit_values, eventually, harness
 
 
 @pytest.fixture
 async def h(db_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
     async with harness(db_url, tmp_path) as value:
         yield value
-
-
-def blocks_text(message: dict[str, Any]) -> str:
-    return json.dumps(message.get("blocks", []))
 
 
 def audit_actions(h: Harness, action: str) -> list[dict[str, Any]]:
