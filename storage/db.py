@@ -21,7 +21,9 @@ from sqlmodel import Session
 
 from storage.rawsql import lock_audit_chain
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+# How long a write waits for a lock another connection holds before it fails (and the API answers
+# 503): SQLite's busy_timeout, PostgreSQL's lock_timeout.
+LOCK_WAIT_MS = 30_000
 
 
 def normalize_url(url: str) -> str:
@@ -42,14 +44,24 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(
             url,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            connect_args={"timeout": LOCK_WAIT_MS / 1000, "check_same_thread": False},
             pool_size=pool_size,
             max_overflow=pool_size,
         )
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    event.listen(engine, "connect", _postgresql_on_connect)
+    return engine
+
+
+def _postgresql_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # A lock held elsewhere (a row, the audit chain's advisory lock) fails the write after
+    # LOCK_WAIT_MS instead of holding the request, and a worker thread, for as long as it lasts.
+    with dbapi_conn.cursor() as cursor:
+        cursor.execute(f"SET lock_timeout = {LOCK_WAIT_MS}")
+    dbapi_conn.commit()  # the setting outlives this transaction: the pool's rollback keeps it
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -59,7 +71,7 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute(f"PRAGMA busy_timeout={LOCK_WAIT_MS}")
     cursor.close()
 
 
@@ -71,12 +83,12 @@ def _sqlite_on_begin(conn: Connection) -> None:
     # A writer that queued behind this process's other writers waits on SQLite's busy handler
     # only for what is left of its one timeout, so queued waits do not add up.
     deadline = getattr(_writer_deadline, "at", None)
-    left_ms = SQLITE_BUSY_TIMEOUT_MS if deadline is None else int((deadline - time.monotonic()) * 1000)
-    if left_ms < SQLITE_BUSY_TIMEOUT_MS - SHORTENED_BY_AT_LEAST_MS:
+    left_ms = LOCK_WAIT_MS if deadline is None else int((deadline - time.monotonic()) * 1000)
+    if left_ms < LOCK_WAIT_MS - SHORTENED_BY_AT_LEAST_MS:
         conn.exec_driver_sql(f"PRAGMA busy_timeout={max(left_ms, 1)}")
         conn.info[SHORTENED] = True
     elif conn.info.pop(SHORTENED, False):
-        conn.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={LOCK_WAIT_MS}")
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -94,11 +106,11 @@ def _sqlite_writer(engine: Engine) -> Iterator[None]:
     """Hold this process's writer lock for `engine`, giving up as SQLite's busy handler would.
 
     One timeout covers the wait here and the wait for SQLite's own lock, so a writer never waits
-    longer than `SQLITE_BUSY_TIMEOUT_MS` in all, however many writers queued before it.
+    longer than `LOCK_WAIT_MS` in all, however many writers queued before it.
     """
     lock = _sqlite_writers.setdefault(id(engine), threading.RLock())
     outermost = getattr(_writer_deadline, "at", None) is None
-    timeout = SQLITE_BUSY_TIMEOUT_MS / 1000
+    timeout = LOCK_WAIT_MS / 1000
     if outermost:
         _writer_deadline.at = time.monotonic() + timeout
     try:

@@ -18,8 +18,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from storage import db
 from storage.db import normalize_url
 from storage.rawsql import AUDIT_CHAIN_LOCK_KEYS
+from tests.harness import harness
 from tests.processes import Cluster, wait_for
 
 
@@ -82,3 +84,24 @@ def test_acks_go_out_while_the_database_holds_the_commit_and_the_answers_follow(
     assert "support-bot" in answers[pause_path]["text"] and "paused" in answers[pause_path]["text"].lower()
     assert cluster.scalar("SELECT status FROM draft WHERE id = :id", id=draft_id) in ("approved", "executed")
     assert cluster.scalar("SELECT state FROM agent WHERE name = 'support-bot'") == "paused"
+
+
+async def test_a_submission_held_past_the_lock_wait_gets_503_and_its_retry_lands_once(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lock held longer than the write may wait (SQLite's busy_timeout, PostgreSQL's lock_timeout):
+    # the API fails closed with 503 instead of holding the agent's request for as long as it lasts.
+    monkeypatch.setattr(db, "LOCK_WAIT_MS", 1000)
+    async with harness(db_url, tmp_path) as h:
+        draft = {"category": "refund", "summary": "s", "body": "Refund of $30.", "amount": "30.00"}
+        key = {"Idempotency-Key": "held-once"}
+        with commits_held(db_url):
+            response = await h.client.post("/v1/drafts", json=draft, headers=h.auth() | key)
+            assert response.status == 503, await response.text()
+            assert (await response.json())["error"]["code"] == "unavailable"
+        retried = await h.client.post("/v1/drafts", json=draft, headers=h.auth() | key)
+        assert retried.status == 202, await retried.text()
+        again = await h.client.post("/v1/drafts", json=draft, headers=h.auth() | key)
+        assert (await again.json())["id"] == (await retried.json())["id"]
+        with h.rt.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM draft").scalar_one() == 1

@@ -19,7 +19,7 @@ TIMEOUT_MS = 2000
 
 @pytest.fixture
 def engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
-    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", TIMEOUT_MS)
+    monkeypatch.setattr(db, "LOCK_WAIT_MS", TIMEOUT_MS)
     engine = db.create_db_engine(f"sqlite:///{tmp_path / 'writers.db'}")
     with db.transaction(engine) as session:
         session.execute(sa.text("CREATE TABLE t (n INTEGER)"))
