@@ -96,17 +96,30 @@ def record_change(
     after: dict[str, Any],
     now: datetime,
 ) -> None:
-    """The side effects of every draft state change: audit, Slack message refresh, agent callback."""
+    """The side effects of every draft state change: audit, Slack message refresh, agent callback.
+
+    The callback carries the draft as this change left it, stored with its job: every retry sends
+    the same message under the same webhook-id, and a later change does not rewrite an earlier event.
+    """
     audit.append(session, at=now, actor=actor, action=action, subject=draft.id, before=before, after=after)
     queries.enqueue(session, "slack.render", {"draft_id": draft.id}, now=now)
     if draft.callback_url:
+        view = agent_view(session, _as_written(session, draft.id))
         queries.enqueue(
             session,
             "callback.send",
-            {"draft_id": draft.id, "event": action, "status": after.get("status", draft.status)},
+            {"draft_id": draft.id, "event": action, "status": view["status"], "draft": view},
             now=now,
             agent_id=draft.agent_id,  # its target: one agent's slow endpoint holds few slots
         )
+
+
+def _as_written(session: Session, draft_id: str) -> Draft:
+    """The draft's row as this transaction has written it, detached: state changes are conditional
+    Core UPDATEs, so the caller's ORM object may still show the row before them (and its caller
+    may still need that)."""
+    row = session.execute(sa.select(queries.draft_t).where(queries.draft_t.c.id == draft_id)).mappings().one()
+    return Draft(**row)
 
 
 def cancel(rt: Runtime, *, agent: Agent, draft_id: str) -> dict[str, Any]:

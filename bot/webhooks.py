@@ -356,7 +356,9 @@ class WebhookJobs:
                 agent = session.get(Agent, draft.agent_id)
                 if agent is None:
                     return None
-                body = {"type": payload["event"], "draft": agent_view(session, draft)}
+                # The draft as the change left it; a job queued before it was stored has none.
+                view = payload.get("draft") or agent_view(session, draft)
+                body = {"type": payload["event"], "draft": view}
                 secrets = agents.callback_secrets(agent, self.rt.clock())
                 return draft.callback_url, secrets, json.dumps(body).encode()
 

@@ -186,8 +186,30 @@ async def test_callbacks_follow_every_status_change_signed_for_the_agent(h: Harn
     await h.click("U0ALICE", ids.APPROVE, created["id"])
     await h.status(created["id"], "executed")
     requests = await eventually(lambda: h.callbacks.requests if len(h.callbacks.requests) >= 2 else None)
-    events = [h.verify_webhook(h.callback_secret, r)["type"] for r in requests]
-    assert events == ["draft.approved", "draft.executed"]
+    bodies = [h.verify_webhook(h.callback_secret, r) for r in requests]
+    assert [b["type"] for b in bodies] == ["draft.approved", "draft.executed"]
+    # Each event carries the draft as that change left it, however late it is delivered.
+    approved, executed = (b["draft"] for b in bodies)
+    assert approved["status"] == "approved" and approved["execution"]["status"] == "pending"
+    assert approved["decisions"][0]["by"] == "U0ALICE"
+    assert executed["status"] == "executed" and executed["execution"]["status"] == "succeeded"
+
+
+async def test_a_retried_callback_sends_the_same_message_under_the_same_id(h: Harness) -> None:
+    h.callbacks.script(503, 503)
+    created = await h.submit(callback_url=h.callbacks.url + "/hook")
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    await h.status(created["id"], "executed")
+    # Two refusals shared between the two events (approved, executed), then both delivered.
+    requests = await eventually(lambda: h.callbacks.requests if len(h.callbacks.requests) >= 4 else None)
+    by_id: dict[str, list[Received]] = {}
+    for request in requests:
+        by_id.setdefault(request.headers["webhook-id"], []).append(request)
+    assert len(by_id) == 2 and sorted(len(sent) for sent in by_id.values()) in ([1, 3], [2, 2])
+    for sent in by_id.values():
+        assert len({r.body for r in sent}) == 1  # every retry is the same message
+    statuses = {h.verify_webhook(h.callback_secret, sent[0])["draft"]["status"] for sent in by_id.values()}
+    assert statuses == {"approved", "executed"}
 
 
 async def test_a_rotated_callback_secret_signs_beside_the_old_one_until_the_overlap_ends(h: Harness) -> None:
