@@ -68,14 +68,48 @@ class Digest:
 
     def text(self) -> str:
         """The digest as plain text (Slack mrkdwn-compatible); `digest --print` prints exactly this."""
-        out = [
-            f"*Countersign daily digest — {self.day.isoformat()}*"
-            + (" (late: the server was down)" if self.late else "")
-        ]
-        if not self.lines:
-            out.append("No drafts were submitted or decided.")
+        return "\n".join(line for part in [self._title(), *self._pairs(), *self._closing()] for line in part)
+
+    def slack_sections(self, budget: int, section: int = 2900) -> tuple[list[str], int]:
+        """The digest as Slack section texts of at most `section` characters, `budget` in all.
+
+        The title and the closing parts (caps, pauses, manual periods, pending, chain head) always
+        show, their lists cut by whole lines; then as many agent · category parts as fit. Also
+        returns how many lines were left out: the whole text then goes along as a file.
+        """
+        left_out = 0
+        closing = []
+        for part in self._closing():
+            kept = _whole_lines(part, LIST_CHARS)
+            if len(kept) < len(part):
+                left_out += len(part) - len(kept)
+                kept.append(f"… {len(part) - len(kept)} more lines in the attached file")
+            closing.append(kept)
+        room = budget - _size(self._title()) - sum(_size(part) for part in closing) - NOTE_CHARS
+        shown = []
+        for pair in self._pairs():
+            if _size(pair) > room:
+                break
+            shown.append(pair)
+            room -= _size(pair)
+        parts = [self._title(), *shown]
+        if len(shown) < len(self._pairs()):
+            omitted = self._pairs()[len(shown) :]
+            left_out += sum(len(part) for part in omitted)
+            parts.append([f"\n… {len(omitted)} more agent · category parts in the attached file"])
+        return _pack([*parts, *closing], section), left_out
+
+    def _title(self) -> list[str]:
+        title = f"*Countersign daily digest — {self.day.isoformat()}*"
+        return [title + (" (late: the server was down)" if self.late else "")] + (
+            [] if self.lines else ["No drafts were submitted or decided."]
+        )
+
+    def _pairs(self) -> list[list[str]]:
+        """One part per agent · category, each a list of lines."""
+        parts = []
         for (agent, category), line in sorted(self.lines.items()):
-            out.append(f"\n*{agent} · {category}*")
+            out = [f"\n*{agent} · {category}*"]
             out.append(
                 f"submitted {line.submitted} · approved {line.approved} (edited {line.edited}, "
                 f"edit rate {line.edit_rate:.0%}) · rejected {line.rejected} · expired {line.expired}"
@@ -97,20 +131,58 @@ class Digest:
                 median = statistics.median(line.decision_seconds)
                 p90 = _percentile(line.decision_seconds, 0.9)
                 out.append(f"time to decision: median {_dur(median)}, p90 {_dur(p90)}")
-        out.append("\n*Caps*")
-        out.extend(self.caps or ["no caps configured"])
+            parts.append(out)
+        return parts
+
+    def _closing(self) -> list[list[str]]:
+        """Caps, pauses, manual periods, and the last lines (pending, chain head)."""
+        parts = [["\n*Caps*", *(self.caps or ["no caps configured"])]]
         if self.pauses:
-            out.append("*Pauses*")
-            out.extend(self.pauses)
+            parts.append(["*Pauses*", *self.pauses])
         if self.manual_periods:
-            out.append("*Manual periods*")
-            out.extend(self.manual_periods)
+            parts.append(["*Manual periods*", *self.manual_periods])
         oldest = (
             "" if self.oldest_pending is None else f" (oldest since {self.oldest_pending:%Y-%m-%d %H:%M %Z})"
         )
-        out.append(f"*Still pending*: {self.pending}{oldest}")
-        out.append(f"*Audit chain head*: #{self.head[0]} {self.head[1]}")
-        return "\n".join(out)
+        parts.append(
+            [
+                f"*Still pending*: {self.pending}{oldest}",
+                f"*Audit chain head*: #{self.head[0]} {self.head[1]}",
+            ]
+        )
+        return parts
+
+
+LIST_CHARS = 2000  # the most of the Slack digest's caps, pauses or manual periods shown
+NOTE_CHARS = 100  # room kept for the line that says agent · category parts were left out
+
+
+def _size(lines: list[str]) -> int:
+    return sum(len(line) + 1 for line in lines)
+
+
+def _whole_lines(lines: list[str], limit: int) -> list[str]:
+    """The first lines of `lines` that fit in `limit` characters (always the first)."""
+    kept: list[str] = []
+    for line in lines:
+        if kept and _size([*kept, line]) > limit:
+            break
+        kept.append(line[:limit])
+    return kept
+
+
+def _pack(parts: list[list[str]], section: int) -> list[str]:
+    """Whole parts joined into texts of at most `section` characters."""
+    sections: list[str] = []
+    current: list[str] = []
+    for part in parts:
+        if current and _size([*current, *part]) > section:
+            sections.append("\n".join(current))
+            current = []
+        current.extend(part)
+    if current:
+        sections.append("\n".join(current))
+    return [text[:section] for text in sections]
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -53,6 +53,7 @@ PERMANENT_ERRORS = frozenset(
         "token_revoked",
         "invalid_blocks",
         "msg_too_long",
+        "msg_blocks_too_long",
         "no_text",
         "missing_scope",
         "message_not_found",
@@ -68,23 +69,40 @@ def chart_filename(day: date) -> str:
     return f"countersign-trend-{day.isoformat()}.png"
 
 
-async def post_digest(
-    client: AsyncWebClient, channel: str, built: digest.Digest, *, text: bool = True, chart: bool = True
-) -> None:
-    """The digest as text sections (within Block Kit limits), then the chart as a PNG file.
+def whole_text_filename(day: date) -> str:
+    return f"countersign-digest-{day.isoformat()}.txt"
 
-    The text's message metadata and the chart's file name carry the day, so a retried job can see
-    which of the two an earlier attempt already posted (``SlackJobs.digest``).
+
+async def post_digest(
+    client: AsyncWebClient,
+    channel: str,
+    built: digest.Digest,
+    *,
+    text: bool = True,
+    chart: bool = True,
+    whole: bool = True,
+) -> None:
+    """The digest as text sections (within Block Kit limits), then the chart as a PNG file, and
+    the whole text as a file when the message could not hold all of it.
+
+    The text's message metadata and the files' names carry the day, so a retried job can see
+    which of them an earlier attempt already posted (``SlackJobs.digest``).
     """
+    sections, left_out = built.slack_sections(blocks.MESSAGE_TEXT_BUDGET)
     if text:
-        body = built.text()
-        chunks = [body[i : i + 2900] for i in range(0, len(body), 2900)][:45]
         await client.chat_postMessage(
             channel=channel,
-            text=body[:3000],
-            blocks=[SectionBlock(text=MarkdownTextObject(text=chunk)) for chunk in chunks],
+            text=sections[0],
+            blocks=[SectionBlock(text=MarkdownTextObject(text=section)) for section in sections],
             metadata={"event_type": DIGEST_EVENT, "event_payload": {"day": built.day.isoformat()}},
             unfurl_links=False,
+        )
+    if whole and left_out:
+        await client.files_upload_v2(
+            channel=channel,
+            content=built.text(),
+            filename=whole_text_filename(built.day),
+            title=f"Countersign daily digest — {built.day.isoformat()}, in full",
         )
     if chart:
         await client.files_upload_v2(
@@ -258,16 +276,15 @@ class SlackJobs:
         built = await asyncio.to_thread(digest.build, self.rt, day, people=people)
         built.late = bool(payload.get("late"))
         try:
-            text = chart = True
+            text = chart = whole = True
             if job.attempts > 1:
-                # An earlier attempt may have posted the text, or both, and then died or lost
+                # An earlier attempt may have posted the text, or more, and then died or lost
                 # Slack's answer: post only what the channel does not show yet.
                 earlier = await self._recent_messages(job, channel)
                 text = not any(_event_payload(m, DIGEST_EVENT).get("day") == day.isoformat() for m in earlier)
-                chart = not any(
-                    f.get("name") == chart_filename(day) for m in earlier for f in m.get("files") or []
-                )
-            await post_digest(self.client, channel, built, text=text, chart=chart)
+                files = {f.get("name") for m in earlier for f in m.get("files") or []}
+                chart, whole = chart_filename(day) not in files, whole_text_filename(day) not in files
+            await post_digest(self.client, channel, built, text=text, chart=chart, whole=whole)
         except SlackApiError as exc:
             raise classify(exc) from None
 

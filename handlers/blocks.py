@@ -26,11 +26,15 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
-from bot.mrkdwn import escape
+from bot.mrkdwn import escape, escape_cut
 from bot.policy import EDITABLE_CHARS
 from handlers import ids
 
 SECTION_LIMIT = 3000
+# Slack refuses a message whose blocks' text adds up to too much (`msg_blocks_too_long`); it
+# documents no number and was seen refusing 11,341 characters: a card stays under this.
+MESSAGE_TEXT_BUDGET = 10_000
+QUOTE_STEPS = (2900, 2000, 1400, 1000, 700)  # each quoted text's budget, tried in turn
 TEXT_BUDGET = 2800  # of a section's 3000, leaving room for the truncation note
 
 
@@ -135,8 +139,30 @@ def fallback_text(card: DraftCard) -> str:
     return f"{prefix}: {card.category}{amount} from {card.agent} — {escape(card.summary)[:200]}"
 
 
+def text_length(blocks: list[Block]) -> int:
+    """The characters of text in `blocks`, as Slack adds them up against a message's total."""
+
+    def walk(node: Any) -> int:
+        if isinstance(node, dict):
+            return sum(len(v) if k == "text" and isinstance(v, str) else walk(v) for k, v in node.items())
+        if isinstance(node, list):
+            return sum(walk(v) for v in node)
+        return 0
+
+    return walk([block.to_dict() for block in blocks])
+
+
 def draft_blocks(card: DraftCard) -> list[Block]:
-    """The draft message (or manual-queue item) for any state of the draft."""
+    """The draft message (or manual-queue item) for any state of the draft, within the message's
+    total: with the customer's words, the draft and its edit all long, each quote is cut shorter."""
+    for quoted in QUOTE_STEPS:
+        blocks = _draft_blocks(card, quoted)
+        if text_length(blocks) <= MESSAGE_TEXT_BUDGET:
+            break
+    return blocks
+
+
+def _draft_blocks(card: DraftCard, quoted: int) -> list[Block]:
     title = " · ".join(part for part in (card.category, card.amount, card.agent) if part)
     blocks: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=title[:150], emoji=False)),
@@ -144,18 +170,18 @@ def draft_blocks(card: DraftCard) -> list[Block]:
     ]
     if card.context:
         blocks.append(
-            SectionBlock(text=MarkdownTextObject(text="*Customer said*\n" + quote(card.context, 2900)))
+            SectionBlock(text=MarkdownTextObject(text="*Customer said*\n" + quote(card.context, quoted)))
         )
     label = "*Agent's suggestion*" if card.status == "manual" else "*Draft*"
     own = card.body if card.agent_body is None else card.agent_body
-    blocks.append(SectionBlock(text=MarkdownTextObject(text=label + "\n" + quote(own, 2900))))
+    blocks.append(SectionBlock(text=MarkdownTextObject(text=label + "\n" + quote(own, quoted))))
     if card.status == "pending" and card.agent_body is not None:
         under_review = "*As edited by the first approver* (what the second approval approves)\n"
-        blocks.append(SectionBlock(text=MarkdownTextObject(text=under_review + quote(card.body, 2900))))
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=under_review + quote(card.body, quoted))))
     elif card.edited and card.approved_body is not None:
         blocks.append(
             SectionBlock(
-                text=MarkdownTextObject(text="*Approved as edited*\n" + quote(card.approved_body, 2900))
+                text=MarkdownTextObject(text="*Approved as edited*\n" + quote(card.approved_body, quoted))
             )
         )
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text=_risk_text(card))]))
@@ -367,6 +393,17 @@ def _bar(fill: float | None) -> str:
     return "`" + "█" * filled + "░" * (10 - filled) + f"` {ratio:.0%} "
 
 
+HOME_ROWS = 30  # agents, and categories, listed on App Home (a Home tab holds 100 blocks)
+
+
+def _more(count: int, what: str) -> list[Block]:
+    """The line under a cut App Home list: how many are not shown, and where they are."""
+    if count <= HOME_ROWS:
+        return []
+    text = f"… and {count - HOME_ROWS} more {what}: `/agent status` lists them all."
+    return [ContextBlock(elements=[MarkdownTextObject(text=text)])]
+
+
 def home_view(home: Any) -> View:
     """App Home: agents with Pause/Resume, categories and modes, today's caps, pending work."""
     out: list[Block] = [HeaderBlock(text=PlainTextObject(text="Countersign"))]
@@ -386,9 +423,9 @@ def home_view(home: Any) -> View:
             )
         )
     out.append(SectionBlock(text=MarkdownTextObject(text="*Agents*")))
-    for agent in home.agents[:30]:
+    for agent in home.agents[:HOME_ROWS]:
         state = agent.state_text() + (" · offline" if agent.offline else "")
-        reason = f" — {escape(agent.reason)[:200]}" if agent.reason else ""
+        reason = f" — {escape_cut(agent.reason, 200)}" if agent.reason else ""
         accessory = None
         # While all agents are paused, pausing one more changes nothing now: the way out is
         # Resume all above. An agent's own pause keeps its Resume, which `resume all` leaves alone.
@@ -405,16 +442,20 @@ def home_view(home: Any) -> View:
                 text=MarkdownTextObject(text=f"*{agent.name}*: {state}{reason}"), accessory=accessory
             )
         )
+    out.extend(_more(len(home.agents), "agents"))
     out.append(DividerBlock())
     out.append(SectionBlock(text=MarkdownTextObject(text="*Categories and today's caps*")))
-    for category in home.categories[:30]:
+    for category in home.categories[:HOME_ROWS]:
         until = f" until {category.until[:16]} UTC" if category.until else ""
         text = f"*{category.name}* — {category.mode}{until}\n{_bar(category.fill)}{category.usage}"
         out.append(SectionBlock(text=MarkdownTextObject(text=text)))
+    out.extend(_more(len(home.categories), "categories"))
     out.append(DividerBlock())
     oldest = ""
     if home.oldest_pending is not None:
         minutes = int((home.now - home.oldest_pending).total_seconds() // 60)
         oldest = f" · oldest waiting {minutes} min"
-    out.append(SectionBlock(text=MarkdownTextObject(text=f"*Pending drafts*: {home.pending}{oldest}")))
+    unfinished = home.unfinished_text()
+    also = f"\n*Also open*: {unfinished}" if unfinished else ""
+    out.append(SectionBlock(text=MarkdownTextObject(text=f"*Pending drafts*: {home.pending}{oldest}{also}")))
     return View(type="home", blocks=out[:100])

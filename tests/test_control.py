@@ -543,3 +543,32 @@ async def test_only_admins_shorten_manual_mode_anyone_may_lengthen_it(h: Harness
             )
         ]
     assert len(denied) == 2
+
+
+async def test_a_long_pause_reason_is_cut_where_it_is_shown_and_kept_whole_in_the_audit_log(
+    h: Harness,
+) -> None:
+    reason = "&" * 8001  # escaped, 40,005 characters: more than a Slack message holds
+    assert "Paused *support-bot*" in await h.command("U0ALICE", f"pause support-bot {reason}")
+    [alert] = await eventually(lambda: [a for a in h.alerts() if "paused *support-bot*" in a])
+    assert alert.endswith("&amp;" * 499 + "…")
+    again = await h.command("U0BOB", "pause support-bot second")
+    assert "&amp;" * 499 + "…). Nothing was changed." in again
+    status = await h.command("U0ALICE", "status")
+    assert "&amp;" * 199 + "…" in status and "&amp;" * 200 not in status
+    with h.rt.engine.connect() as conn:
+        after = conn.execute(
+            sa.select(col(AuditEvent.after)).where(col(AuditEvent.action) == "agent.paused")
+        ).scalar_one()
+    assert json.loads(after)["reason"] == reason
+
+
+async def test_status_counts_what_is_past_review_but_not_finished(h: Harness) -> None:
+    h.executor.script(*([503] * 10))
+    created = await h.submit()
+    await h.click("U0ALICE", ids.APPROVE, created["id"])
+    await eventually(lambda: len(h.executor.requests) >= 1)
+    await h.command("U0ALICE", "manual reply")
+    await h.submit(category="reply", amount=None, body="Your order ships Monday.")
+    status = await h.command("U0ALICE", "status")
+    assert "*Also open*: 1 approved, awaiting execution · 1 in the manual queue" in status

@@ -8,11 +8,14 @@ import zlib
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from bot import agents, chart, decisions, digest, intake, policy
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import agents, chart, decisions, digest, intake, policy, slack
 from bot.runtime import Runtime
 from bot.schemas import DraftIn
 from storage.tables import Agent
 from tests.conftest import FrozenClock, make_env, write_config
+from tests.doubles.slack_api import SlackDouble
 from tests.harness import HELD, eventually, harness, installed_days_ago
 
 ALICE = policy.Reviewer("U0ALICE")
@@ -300,3 +303,56 @@ async def test_a_retried_digest_job_posts_only_what_slack_does_not_show_yet(
         )
         assert len(h.slack.calls("files.completeUploadExternal")) == 1
         assert len(h.slack.calls("conversations.history")) == 2
+
+
+def busy_digest(pairs: int, pauses: int) -> digest.Digest:
+    """A digest of a busy day: `pairs` agent · category parts with rejection reasons, `pauses` pauses."""
+    lines = {}
+    for n in range(pairs):
+        line = digest.Line(submitted=40, approved=30, edited=5, rejected=10, executed=29, failed=1)
+        line.reasons.update({f"reason {k} of agent {n} " + "&" * 60: 3 for k in range(3)})
+        line.decision_seconds.extend([60.0, 600.0])
+        lines[(f"agent-{n:02d}", f"category-{n % 7}")] = line
+    return digest.Digest(
+        day=date(2026, 11, 24),
+        lines=lines,
+        caps=[f"category-{n}: 20/300 today" for n in range(7)],
+        pauses=[f"agent-{n:02d} paused at 11:00 EST by @alice: " + "why " * 40 for n in range(pauses)],
+        manual_periods=[],
+        pending=3,
+        oldest_pending=None,
+        head=(1234, "ab" * 32),
+        trend=[("2026-11-24", 1, 0, 0)] * 7,
+    )
+
+
+def test_the_slack_digest_of_a_busy_day_fits_one_message_and_says_what_it_left_out() -> None:
+    sections, left_out = busy_digest(60, 40).slack_sections(10_000)
+    assert sum(len(s) for s in sections) <= 10_000 and all(len(s) <= 2900 for s in sections)
+    shown = "\n".join(sections)
+    assert shown.startswith("*Countersign daily digest — 2026-11-24*")
+    assert "*agent-00 · category-0*" in shown and "*agent-59 · category-3*" not in shown
+    assert "more agent · category parts in the attached file" in shown
+    assert "more lines in the attached file" in shown  # the pauses, cut by whole lines
+    assert "*Caps*" in shown and "*Still pending*: 3" in shown
+    assert shown.endswith(f"*Audit chain head*: #1234 {'ab' * 32}")
+    assert left_out > 0
+    # A quiet day is shown whole, exactly as `digest --print` prints it.
+    quiet = busy_digest(3, 1)
+    sections, left_out = quiet.slack_sections(10_000)
+    assert left_out == 0 and "\n".join(sections) == quiet.text()
+
+
+async def test_a_busy_digest_is_posted_with_its_whole_text_as_a_file() -> None:
+    async with SlackDouble(channels={"C0AUDIT"}) as double:
+        client = AsyncWebClient(token="xoxb-test", base_url=double.base_url)
+        busy = busy_digest(60, 40)
+        await slack.post_digest(client, "C0AUDIT", busy)  # the double refuses msg_blocks_too_long
+        [post] = double.calls("chat.postMessage")
+        assert "Audit chain head" in json.dumps(post.params["blocks"])
+        names = {record["name"]: record["id"] for record in double.files.values()}
+        assert set(names) == {"countersign-digest-2026-11-24.txt", "countersign-trend-2026-11-24.png"}
+        assert double.uploads[names["countersign-digest-2026-11-24.txt"]].decode() == busy.text()
+        double.reset()
+        await slack.post_digest(client, "C0AUDIT", busy_digest(3, 1))
+        assert {record["name"] for record in double.files.values()} == {"countersign-trend-2026-11-24.png"}

@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlmodel import select
+from sqlmodel import col, select
 
 from bot import caps, policy
-from bot.mrkdwn import escape
+from bot.mrkdwn import escape_cut
 from bot.runtime import Runtime
 from storage import queries
 from storage.db import transaction
@@ -43,6 +43,13 @@ class CategoryRow:
     fill: float | None = None  # the most used of its caps, count or amount, as a fraction
 
 
+UNFINISHED = {
+    "approved": "approved, awaiting execution",
+    "manual": "in the manual queue",
+    "needs_reconciliation": "needing reconciliation",
+}
+
+
 @dataclass(frozen=True)
 class Home:
     user: str
@@ -55,6 +62,18 @@ class Home:
     oldest_pending: datetime | None
     now: datetime
     restricted: bool = False  # the user is no reviewer or admin: nothing of the state is shown
+    # Drafts past review but not finished, by status: approved (awaiting execution), manual
+    # (in the human queue), needs_reconciliation.
+    unfinished: dict[str, int] = field(default_factory=dict)
+
+    def unfinished_text(self) -> str | None:
+        """`2 approved, awaiting execution · 1 needs reconciliation`; None when there is none."""
+        parts = [
+            f"{self.unfinished[status]} {label}"
+            for status, label in UNFINISHED.items()
+            if self.unfinished.get(status)
+        ]
+        return " · ".join(parts) or None
 
     @classmethod
     def closed_to(cls, user: str, now: datetime) -> Home:
@@ -116,6 +135,11 @@ class Overview:
             pending, oldest = session.execute(
                 sa.select(sa.func.count(), sa.func.min(Draft.created_at)).where(Draft.status == "pending")  # type: ignore[arg-type]
             ).one()
+            unfinished = session.execute(
+                sa.select(Draft.status, sa.func.count())  # type: ignore[call-overload]
+                .where(col(Draft.status).in_(list(UNFINISHED)))
+                .group_by(Draft.status)
+            ).all()
         oldest_at = oldest
         all_paused = "pause:all" in controls
         return Home(
@@ -128,6 +152,7 @@ class Overview:
             pending=int(pending),
             oldest_pending=oldest_at,
             now=now,
+            unfinished={str(status): int(count) for status, count in unfinished},
         )
 
     def status(self) -> str:
@@ -136,7 +161,7 @@ class Overview:
         if home.all_paused:
             lines.append(":octagonal_sign: *all agents paused*")
         for agent in home.agents:
-            extra = f" — {escape(agent.reason)}" if agent.reason else ""
+            extra = f" — {escape_cut(agent.reason, 200)}" if agent.reason else ""
             offline = " (offline)" if agent.offline else ""
             lines.append(f"• *{agent.name}*: {agent.state_text()}{offline}{extra}")
         lines.append("*Categories*")
@@ -145,6 +170,9 @@ class Overview:
             lines.append(f"• *{category.name}*: {category.mode}{until} · {category.usage}")
         age = "" if home.oldest_pending is None else f", oldest {_age(home.now - home.oldest_pending)}"
         lines.append(f"*Pending*: {home.pending}{age}")
+        unfinished = home.unfinished_text()
+        if unfinished:
+            lines.append(f"*Also open*: {unfinished}")
         return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from bot import audit, caps, policy
-from bot.mrkdwn import escape
+from bot.mrkdwn import escape, escape_cut
 from bot.runtime import Runtime
 from bot.settings import currency_exponent, parse_duration
 from storage import queries
@@ -74,6 +74,9 @@ def _shortens(current: dict[str, Any] | None, until: datetime | None, now: datet
     return until is not None and until < datetime.fromisoformat(ends)
 
 
+REASON_CHARS = 500  # of a pause's reason, in its alert and replies (the audit log keeps it whole)
+
+
 def _who(by: str | None) -> str:
     return f"<@{by}>" if by and SLACK_USER.fullmatch(by) else escape(by or "someone")
 
@@ -84,7 +87,7 @@ def _already_paused(target: str, by: str | None, at: datetime | str | None, reas
         at = datetime.fromisoformat(at)
     if at is not None:
         when = f" since {at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
-    why = f": {escape(reason)}" if reason else ""
+    why = f": {escape_cut(reason, REASON_CHARS)}" if reason else ""
     return f"*{target}* is already paused (by {_who(by)}{when}{why}). Nothing was changed."
 
 
@@ -129,7 +132,10 @@ class Switches:
                 after={"reason": reason},
             )
             _announce(
-                session, self.rt, f":octagonal_sign: <@{user}> paused *{target}*: {escape(reason)}", now
+                session,
+                self.rt,
+                f":octagonal_sign: <@{user}> paused *{target}*: {escape_cut(reason, REASON_CHARS)}",
+                now,
             )
         self.rt.wake_outbox()
         return f":octagonal_sign: Paused *{target}*. Nothing of it is approved or executed until an admin resumes it."

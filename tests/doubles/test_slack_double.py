@@ -265,6 +265,16 @@ async def test_messages_without_content_or_too_long_are_rejected(client: AsyncWe
         assert err.value.response["error"] == error
 
 
+async def test_blocks_whose_text_adds_up_past_the_total_are_msg_blocks_too_long(
+    client: AsyncWebClient,
+) -> None:
+    four = [_raw_section("x" * 2750) for _ in range(4)]  # 11,000 characters: the most allowed
+    await client.chat_postMessage(channel="C0001", text="long", blocks=four)
+    with pytest.raises(SlackApiError) as err:
+        await client.chat_postMessage(channel="C0001", text="longer", blocks=[*four, _raw_section("x")])
+    assert err.value.response["error"] == "msg_blocks_too_long"
+
+
 async def test_51_blocks_are_invalid_blocks(client: AsyncWebClient) -> None:
     blocks = [_raw_section(f"row {i}") for i in range(51)]
     with pytest.raises(SlackApiError) as err:

@@ -14,6 +14,10 @@ Problem: TypeAlias = tuple[str, str]  # (message, json-pointer)
 
 MAX_MESSAGE_BLOCKS = 50
 MAX_VIEW_BLOCKS = 100
+# The text of a message's blocks, added up: past it Slack answers `msg_blocks_too_long`. Slack
+# documents no number ("12,000 text characters with a buffer for block containers", a Slack
+# engineer in bolt-js#2509); the smallest total seen refused is 11,341 (bolt-js#2867).
+MAX_BLOCKS_TEXT = 11_000
 _BUTTON_STYLES = ("primary", "danger")
 _SELECTS = (
     "static_select",
@@ -39,6 +43,18 @@ _OTHER_ELEMENTS = (
     "workflow_button",
 )
 _LOOSE_BLOCKS = ("divider", "rich_text", "file", "video", "table", "context_actions")
+
+
+def blocks_text_length(node: Any) -> int:
+    """Every `text` string in the blocks, added up."""
+    if isinstance(node, dict):
+        return sum(
+            len(value) if key == "text" and isinstance(value, str) else blocks_text_length(value)
+            for key, value in node.items()
+        )
+    if isinstance(node, list):
+        return sum(blocks_text_length(value) for value in node)
+    return 0
 
 
 def invalid_blocks(problems: list[Problem]) -> JSON:

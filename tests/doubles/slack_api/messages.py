@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from tests.doubles.slack_api.block_kit import MAX_MESSAGE_BLOCKS, blocks_problems, invalid_blocks
+from tests.doubles.slack_api.block_kit import (
+    MAX_BLOCKS_TEXT,
+    MAX_MESSAGE_BLOCKS,
+    blocks_problems,
+    blocks_text_length,
+    invalid_blocks,
+)
 from tests.doubles.slack_api.calls import _error
 from tests.doubles.slack_api.workspace import APP_ID, BOT_ID, BOT_USER_ID, JSON, TEAM_ID
 
@@ -21,6 +27,8 @@ def _message_problem(params: JSON) -> JSON | None:
         problems = blocks_problems(blocks, pointer="/blocks", max_blocks=MAX_MESSAGE_BLOCKS)
         if problems:
             return invalid_blocks(problems)
+        if blocks_text_length(blocks) > MAX_BLOCKS_TEXT:
+            return _error("msg_blocks_too_long")
     return None
 
 
