@@ -136,7 +136,7 @@ def _ts(at: datetime) -> str:
 def fallback_text(card: DraftCard) -> str:
     amount = f" {card.amount}" if card.amount else ""
     prefix = "Manual work" if card.status == "manual" else f"Draft {card.status}"
-    return f"{prefix}: {card.category}{amount} from {card.agent} — {escape(card.summary)[:200]}"
+    return f"{prefix}: {card.category}{amount} from {card.agent} — {escape_cut(card.summary, 200)}"
 
 
 def text_length(blocks: list[Block]) -> int:
@@ -200,7 +200,7 @@ def _draft_blocks(card: DraftCard, quoted: int) -> list[Block]:
 def _risk_text(card: DraftCard) -> str:
     if card.findings:
         lines = [
-            f"{SEVERITY_ICON.get(f['severity'], '')} `{escape(f['code'])}` {escape(f['message'])[:300]}"
+            f"{SEVERITY_ICON.get(f['severity'], '')} `{escape(f['code'])}` {escape_cut(f['message'], 300)}"
             for f in card.findings[:8]
         ]
         if len(card.findings) > 8:

@@ -13,7 +13,15 @@ import pytest
 from bot.cards import ai_review_state
 from bot.control import AgentRow, CategoryRow, Home
 from handlers import ids
-from handlers.blocks import MESSAGE_TEXT_BUDGET, DecisionLine, DraftCard, draft_blocks, home_view, text_length
+from handlers.blocks import (
+    MESSAGE_TEXT_BUDGET,
+    DecisionLine,
+    DraftCard,
+    draft_blocks,
+    fallback_text,
+    home_view,
+    text_length,
+)
 from tests.doubles.slack_api.block_kit import blocks_text_length
 from tests.harness import Harness, edit_values, eventually, harness
 
@@ -241,3 +249,14 @@ async def test_a_two_person_draft_with_the_longest_texts_is_posted_and_updated(h
     await card_once(h, message, "As edited by the first approver")
     stored = h.slack.message(message["channel"], message["ts"])["blocks"]
     assert blocks_text_length(stored) <= MESSAGE_TEXT_BUDGET
+
+
+def test_short_forms_cut_the_text_before_escaping_it_so_no_entity_is_split() -> None:
+    card = replace(
+        CARD,
+        summary="&" * 300,
+        findings=[{"code": "long_body", "severity": "low", "message": "<" * 400}],
+        risk_level="low",
+    )
+    assert fallback_text(card).endswith(" — " + "&amp;" * 199 + "…")
+    assert "&lt;" * 299 + "…" in text_of(draft_blocks(card))

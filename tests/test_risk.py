@@ -594,6 +594,29 @@ def test_secret_is_silent_when_words_only_talk_about_credentials(body: str) -> N
     assert "secret" not in codes(check(body))
 
 
+# --- display controls ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("control", ["\u202e", "\u202d", "\u202a", "\u2066", "\u2067", "\u2069"])
+def test_display_controls_are_medium_because_the_card_may_show_another_order(control: str) -> None:
+    finding = only(
+        check(f"Your refund of $30.00 {control}00.0003${chr(0x202C)} is on its way."), "display_controls"
+    )
+    assert finding.severity == "medium"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "\u05e9\u05dc\u05d5\u05dd, your refund is on its way.",  # Hebrew needs no controls
+        "\u0645\u0631\u062d\u0628\u0627\u200f \u2014 refund issued.",  # a right-to-left mark
+        "Thanks! \U0001f468\u200d\U0001f469\u200d\U0001f467 from all of us.",  # a ZWJ emoji
+    ],
+)
+def test_display_controls_are_silent_on_right_to_left_text_and_emoji(body: str) -> None:
+    assert "display_controls" not in codes(check(body))
+
+
 # --- forbidden phrases --------------------------------------------------------------------------
 
 

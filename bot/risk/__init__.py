@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from bot.risk.amounts import check_amounts
 from bot.risk.contacts import check_cards, check_contacts, check_ibans
-from bot.risk.content import check_phrases, check_secrets, check_size
+from bot.risk.content import check_display_controls, check_phrases, check_secrets, check_size
 from bot.risk.findings import Finding, Level, RiskRules, Severity, risk_level
 from bot.risk.injection import check_injection
 from bot.risk.language import check_language
@@ -29,6 +29,7 @@ def check_rules(
     ctx = RiskText.of(context) if context is not None and context.strip() else None
     findings: list[Finding] = []
     findings += check_size(rules, draft)
+    findings += check_display_controls(body)
     findings += check_money(rules, draft, ctx, amount)
     findings += check_amounts(rules, draft, amount, currency)
     findings += check_cards(draft)

@@ -25,6 +25,27 @@ def check_size(rules: RiskRules, draft: RiskText) -> list[Finding]:
     return []
 
 
+# --- display controls ---------------------------------------------------------------------------
+
+# Bidirectional embeddings, overrides and isolates reorder how text is displayed ("Trojan Source"):
+# the card a reviewer reads could then differ from what the customer's client shows. The marks
+# right-to-left text needs (U+200E, U+200F, U+061C) are not among them.
+_DISPLAY_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def check_display_controls(body: str) -> list[Finding]:
+    if body.isascii() or not _DISPLAY_CONTROLS.search(body):
+        return []
+    return [
+        Finding(
+            "display_controls",
+            "medium",
+            "The draft contains bidirectional control characters (U+202A to U+202E, U+2066 to U+2069):"
+            " the text may be displayed in another order than it is written; read it in the API.",
+        )
+    ]
+
+
 # --- secrets ------------------------------------------------------------------------------------
 
 # Each kind, the literal text any match must contain (a cheap test before the regex; empty: none
