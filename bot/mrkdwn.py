@@ -4,6 +4,7 @@ pings a channel or hides a link behind other text once it is part of a message C
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 MASS_MENTION = re.compile(r"@(?=(channel|here|everyone)\b)", re.IGNORECASE)
 
@@ -19,3 +20,8 @@ def escape_cut(text: str, limit: int) -> str:
     """`text` cut to `limit` characters (an ellipsis marks a cut), then escaped: cutting first
     never splits an entity such as `&lt;`."""
     return escape(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def slack_time(at: datetime) -> str:
+    """A time Slack shows in each reader's own time zone, with a UTC fallback text."""
+    return f"<!date^{int(at.timestamp())}^{{date_short_pretty}} {{time}}|{at:%Y-%m-%d %H:%M} UTC>"

@@ -26,7 +26,7 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
-from bot.mrkdwn import escape, escape_cut
+from bot.mrkdwn import escape, escape_cut, slack_time
 from bot.policy import EDITABLE_CHARS
 from handlers import ids
 
@@ -125,12 +125,6 @@ MANUAL_REASON = {
     "agent_offline": "the agent is offline (missed heartbeats)",
 }
 SEVERITY_ICON = {"high": ":red_circle:", "medium": ":large_orange_circle:", "low": ":white_circle:"}
-
-
-def _ts(at: datetime) -> str:
-    # Slack renders <!date^…> in each reader's own time zone, with a UTC fallback text.
-    epoch = int(at.timestamp())
-    return f"<!date^{epoch}^{{date_short_pretty}} {{time}}|{at.strftime('%Y-%m-%d %H:%M UTC')}>"
 
 
 def fallback_text(card: DraftCard) -> str:
@@ -250,7 +244,7 @@ def _footer(card: DraftCard) -> list[Block]:
             else:
                 note.append(":two: Needs two different approvers.")
         if card.expires_at:
-            note.append(f"Expires {_ts(card.expires_at)}.")
+            note.append(f"Expires {slack_time(card.expires_at)}.")
         blocks: list[Block] = []
         if note:
             blocks.append(ContextBlock(elements=[MarkdownTextObject(text=" ".join(note))]))
@@ -275,7 +269,7 @@ def _footer(card: DraftCard) -> list[Block]:
             blocks.insert(
                 0,
                 ContextBlock(
-                    elements=[MarkdownTextObject(text=f"Claimed by <@{claimed.by}> {_ts(claimed.at)}")]
+                    elements=[MarkdownTextObject(text=f"Claimed by <@{claimed.by}> {slack_time(claimed.at)}")]
                 ),
             )
         return blocks
@@ -291,7 +285,7 @@ def _footer(card: DraftCard) -> list[Block]:
             "claim": "Claimed",
             "handled": "Handled",
         }
-        line = f"{verb.get(decision.action, decision.action)} by <@{decision.by}> {_ts(decision.at)}"
+        line = f"{verb.get(decision.action, decision.action)} by <@{decision.by}> {slack_time(decision.at)}"
         if decision.reason:
             line += f": {fit(decision.reason, 300)}"
         lines.append(line)
@@ -316,9 +310,9 @@ def _ended(card: DraftCard) -> str | None:
     if card.ended_at is None:
         return None
     if card.status == "cancelled":
-        return f"Withdrawn by *{escape(card.agent)}* {_ts(card.ended_at)}"
+        return f"Withdrawn by *{escape(card.agent)}* {slack_time(card.ended_at)}"
     if card.status == "expired":
-        return f"Expired {_ts(card.ended_at)}"
+        return f"Expired {slack_time(card.ended_at)}"
     return None
 
 
@@ -446,7 +440,7 @@ def home_view(home: Any) -> View:
     out.append(DividerBlock())
     out.append(SectionBlock(text=MarkdownTextObject(text="*Categories and today's caps*")))
     for category in home.categories[:HOME_ROWS]:
-        until = f" until {category.until[:16]} UTC" if category.until else ""
+        until = f" until {slack_time(datetime.fromisoformat(category.until))}" if category.until else ""
         text = f"*{category.name}* — {category.mode}{until}\n{_bar(category.fill)}{category.usage}"
         out.append(SectionBlock(text=MarkdownTextObject(text=text)))
     out.extend(_more(len(home.categories), "categories"))

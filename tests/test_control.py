@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -168,7 +169,10 @@ async def test_manual_mode_queues_work_for_humans_with_claim_and_done(h: Harness
 
 async def test_time_boxed_manual_mode_reverts_on_time_and_is_announced(h: Harness) -> None:
     answer = await h.command("U0BOB", "manual refund 2h")
-    assert "until" in answer
+    # The end, as Slack shows it in each reader's own time zone.
+    token = re.search(r"until <!date\^(\d+)\^\{date_short_pretty\} \{time\}\|[-\d]+ [:\d]+ UTC>", answer)
+    assert token and abs(int(token[1]) - (h.clock().timestamp() + 7200)) < 5
+    assert token[0] in await h.command("U0BOB", "status")
     assert (await h.submit())["reason"] == "category_manual"
     h.clock.advance(hours=2, seconds=1)
     await eventually(lambda: any("ended on schedule" in a for a in h.alerts()))

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from bot import caps, policy
-from bot.mrkdwn import escape_cut
+from bot.mrkdwn import escape_cut, slack_time
 from bot.runtime import Runtime
 from storage import queries
 from storage.db import transaction
@@ -166,7 +166,7 @@ class Overview:
             lines.append(f"• *{agent.name}*: {agent.state_text()}{offline}{extra}")
         lines.append("*Categories*")
         for category in home.categories:
-            until = f" until {category.until[:16]}" if category.until else ""
+            until = f" until {slack_time(datetime.fromisoformat(category.until))}" if category.until else ""
             lines.append(f"• *{category.name}*: {category.mode}{until} · {category.usage}")
         age = "" if home.oldest_pending is None else f", oldest {_age(home.now - home.oldest_pending)}"
         lines.append(f"*Pending*: {home.pending}{age}")

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from bot import audit, caps, policy
-from bot.mrkdwn import escape, escape_cut
+from bot.mrkdwn import escape, escape_cut, slack_time
 from bot.runtime import Runtime
 from bot.settings import currency_exponent, parse_duration
 from storage import queries
@@ -86,7 +86,7 @@ def _already_paused(target: str, by: str | None, at: datetime | str | None, reas
     if isinstance(at, str):
         at = datetime.fromisoformat(at)
     if at is not None:
-        when = f" since {at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+        when = f" since {slack_time(at.astimezone(UTC))}"
     why = f": {escape_cut(reason, REASON_CHARS)}" if reason else ""
     return f"*{target}* is already paused (by {_who(by)}{when}{why}). Nothing was changed."
 
@@ -208,7 +208,9 @@ class Switches:
             if user not in self.rt.config.admins and _shortens(current, until, now):
                 # Leaving manual mode is an admin's call; a shorter time box would be a way out.
                 ends = (current or {}).get("until")
-                held = f"until {ends[:16].replace('T', ' ')} UTC" if ends else "until an admin ends it"
+                held = (
+                    f"until {slack_time(datetime.fromisoformat(ends))}" if ends else "until an admin ends it"
+                )
                 raise Refused(
                     f"*{category}* is in manual mode {held}; only admins can shorten it."
                     " A longer time box, or none, is fine."
@@ -223,7 +225,7 @@ class Switches:
                 subject=f"category:{category}",
                 after=value,
             )
-            box = f" until {until:%Y-%m-%d %H:%M} UTC" if until else ""
+            box = f" until {slack_time(until)}" if until else ""
             _announce(
                 session, self.rt, f":raising_hand: <@{user}> switched *{category}* to manual mode{box}.", now
             )
