@@ -275,6 +275,15 @@ async def test_blocks_whose_text_adds_up_past_the_total_are_msg_blocks_too_long(
     assert err.value.response["error"] == "msg_blocks_too_long"
 
 
+async def test_a_view_over_250_kb_is_view_too_large(client: AsyncWebClient) -> None:
+    # 100 sections of 2,600 characters: over 260 kB of JSON, every block valid.
+    view = {"type": "home", "blocks": [_raw_section("x" * 2600) for _ in range(100)]}
+    with pytest.raises(SlackApiError) as err:
+        await client.views_publish(user_id="U0APPROVER", view=view)
+    assert err.value.response["error"] == "view_too_large"
+    await client.views_publish(user_id="U0APPROVER", view=view | {"blocks": view["blocks"][:20]})
+
+
 async def test_51_blocks_are_invalid_blocks(client: AsyncWebClient) -> None:
     blocks = [_raw_section(f"row {i}") for i in range(51)]
     with pytest.raises(SlackApiError) as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -150,9 +151,9 @@ class _WebApiMethods:
         # Serves views.push too: both need a trigger_id and a modal; the stack is not modelled.
         if not params.get("trigger_id"):
             return invalid_arguments([("missing required field: trigger_id", "/trigger_id")])
-        problems = view_problems(params.get("view"), expected_type="modal")
-        if problems:
-            return invalid_arguments(problems)
+        refused = _view_refusal(params.get("view"), expected_type="modal")
+        if refused:
+            return refused
         view = self._new_view(params["view"])
         self.views[view["id"]] = view
         return {"ok": True, "view": view}
@@ -168,9 +169,9 @@ class _WebApiMethods:
             return _error("not_found")
         if params.get("hash") and params["hash"] != current["hash"]:
             return _error("hash_conflict")
-        problems = view_problems(params.get("view"), expected_type=current["type"])
-        if problems:
-            return invalid_arguments(problems)
+        refused = _view_refusal(params.get("view"), expected_type=current["type"])
+        if refused:
+            return refused
         view = self._new_view(params["view"], view_id=current["id"])
         self.views[view["id"]] = view
         return {"ok": True, "view": view}
@@ -181,9 +182,9 @@ class _WebApiMethods:
             return invalid_arguments([("missing required field: user_id", "/user_id")])
         if user_id not in self.users:
             return _error("user_not_found")
-        problems = view_problems(params.get("view"), expected_type="home")
-        if problems:
-            return invalid_arguments(problems)
+        refused = _view_refusal(params.get("view"), expected_type="home")
+        if refused:
+            return refused
         previous = self.home_views.get(str(user_id))
         if previous is not None and params.get("hash") and params["hash"] != previous["hash"]:
             return _error("hash_conflict")
@@ -336,3 +337,16 @@ def _page(records: list[JSON], params: JSON, *, default_limit: int) -> JSON:
     if page["has_more"]:
         page["response_metadata"] = {"next_cursor": str(start + limit)}
     return page
+
+
+MAX_VIEW_BYTES = 250_000  # a view's JSON; past it views.* answer view_too_large
+
+
+def _view_refusal(view: Any, *, expected_type: str) -> JSON | None:
+    """Slack's answer to a views.* call whose view it refuses, or None."""
+    problems = view_problems(view, expected_type=expected_type)
+    if problems:
+        return invalid_arguments(problems)
+    if len(json.dumps(view, ensure_ascii=False).encode()) > MAX_VIEW_BYTES:
+        return _error("view_too_large")
+    return None
