@@ -4,10 +4,12 @@ and the alerts when a cap fills up."""
 from __future__ import annotations
 
 import difflib
+import logging
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from bot import caps, crashpoints, policy
@@ -29,6 +31,8 @@ from bot.settings import Category, currency_exponent
 from storage import queries
 from storage.db import transaction
 from storage.tables import Agent, Decision, Draft
+
+log = logging.getLogger(__name__)
 
 
 def approve(
@@ -62,9 +66,17 @@ def approve(
         ) from None
     except CapRefused:
         # The reviewer is told today's usage; the card, posted when less was used, shows it too.
-        with transaction(rt.engine) as session:
-            queries.enqueue(session, "slack.render", {"draft_id": draft_id}, now=rt.clock())
-        rt.wake_outbox()
+        # The refusal stands whatever happens to that refresh: it is no reason to answer "cannot
+        # read the control state" instead.
+        try:
+            with transaction(rt.engine) as session:
+                queries.enqueue(session, "slack.render", {"draft_id": draft_id}, now=rt.clock())
+        except SQLAlchemyError:
+            log.warning(
+                "draft %s: the card refresh after a cap refusal was not queued", draft_id, exc_info=True
+            )
+        else:
+            rt.wake_outbox()
         raise
 
 
