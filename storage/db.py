@@ -19,7 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
-from storage.rawsql import lock_audit_chain
+from storage.rawsql import close_raw_cursor, lock_audit_chain
 
 # How long a write waits for a lock another connection holds before it fails (and the API answers
 # 503): SQLite's busy_timeout, PostgreSQL's lock_timeout.
@@ -85,11 +85,15 @@ def _sqlite_on_begin(conn: Connection) -> None:
     deadline = getattr(_writer_deadline, "at", None)
     left_ms = LOCK_WAIT_MS if deadline is None else int((deadline - time.monotonic()) * 1000)
     if left_ms < LOCK_WAIT_MS - SHORTENED_BY_AT_LEAST_MS:
-        conn.exec_driver_sql(f"PRAGMA busy_timeout={max(left_ms, 1)}")
+        _set_busy_timeout(conn, max(left_ms, 1))
         conn.info[SHORTENED] = True
     elif conn.info.pop(SHORTENED, False):
-        conn.exec_driver_sql(f"PRAGMA busy_timeout={LOCK_WAIT_MS}")
+        _set_busy_timeout(conn, LOCK_WAIT_MS)
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _set_busy_timeout(conn: Connection, ms: int) -> None:
+    conn.exec_driver_sql(f"PRAGMA busy_timeout={ms}").close()  # it answers with a row: done with it
 
 
 READ_ONLY = "countersign_read_only"
@@ -146,12 +150,29 @@ def transaction(engine: Engine, *, write: bool = True, audited: bool = False) ->
         return
     if not write:
         reader = engine.execution_options(**{READ_ONLY: True})
-        with Session(reader, expire_on_commit=False) as session, session.begin():
+        with Session(reader, expire_on_commit=False) as session, session.begin(), _cursor_closed(session):
             yield session
         return
     if not is_sqlite(engine):
-        with Session(engine, expire_on_commit=False) as session, session.begin():
+        with Session(engine, expire_on_commit=False) as session, session.begin(), _cursor_closed(session):
             yield session
         return
-    with _sqlite_writer(engine), Session(engine, expire_on_commit=False) as session, session.begin():
+    with (
+        _sqlite_writer(engine),
+        Session(engine, expire_on_commit=False) as session,
+        session.begin(),
+        _cursor_closed(session),
+    ):
         yield session
+
+
+@contextmanager
+def _cursor_closed(session: Session) -> Iterator[None]:
+    """Close the transaction's raw cursor (storage/rawsql.py) as it ends, in its own thread: kept
+    alive by an exception's traceback, it would be freed later in whichever thread drops that,
+    and resetting its statement there can break the next user of the pooled connection (SQLite
+    then reports "bad parameter or other API misuse")."""
+    try:
+        yield
+    finally:
+        close_raw_cursor(session)

@@ -52,6 +52,9 @@ class RawCursor:
         session.info[_INFO_KEY] = (session.get_transaction(), cursor)
         return cursor
 
+    def close(self) -> None:
+        self._cursor.close()
+
     @property
     def postgresql(self) -> bool:
         return self.dialect.name == "postgresql"
@@ -102,6 +105,13 @@ class RawCursor:
             yield
         except dbapi.Error as exc:
             raise DBAPIError.instance(sql, params, exc, dbapi.Error, dialect=self.dialect) from exc
+
+
+def close_raw_cursor(session: Session) -> None:
+    """Close the session's raw cursor, if it made one, and forget it."""
+    kept = session.info.pop(_INFO_KEY, None)
+    if kept is not None:
+        kept[1].close()
 
 
 @functools.cache

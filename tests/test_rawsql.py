@@ -5,6 +5,7 @@ SQLAlchemy's, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from datetime import timedelta
 
 import pytest
@@ -81,6 +82,24 @@ def test_one_cursor_per_transaction(rt: Runtime) -> None:
         assert RawCursor.of(session) is first
     with transaction(rt.engine) as session:
         assert RawCursor.of(session) is not first
+
+
+@pytest.mark.parametrize("ending", ["commit", "rollback"])
+def test_a_transactions_cursor_is_closed_as_it_ends_in_its_own_thread(rt: Runtime, ending: str) -> None:
+    # Kept alive past its transaction (by an exception's traceback, say), a cursor would be freed
+    # in whichever thread drops the last reference, while another thread uses its connection.
+    kept: list[RawCursor] = []
+    with (
+        pytest.raises(RuntimeError) if ending == "rollback" else nullcontext(),
+        transaction(rt.engine) as session,
+    ):
+        kept.append(RawCursor.of(session))
+        kept[0].rows("SELECT 1")
+        if ending == "rollback":
+            raise RuntimeError("the transaction fails")
+    assert "countersign.raw_cursor" not in session.info
+    with pytest.raises(Exception, match=r"(?i)closed"):
+        kept[0].rows("SELECT 1")
 
 
 def test_a_batch_of_rows_reads_back_exactly(rt: Runtime, clock: FrozenClock) -> None:
