@@ -85,16 +85,17 @@ class Digest:
                 left_out += len(part) - len(kept)
                 kept.append(f"… {len(part) - len(kept)} more lines in the attached file")
             closing.append(kept)
-        room = budget - _size(self._title()) - sum(_size(part) for part in closing) - NOTE_CHARS
+        title, pairs = self._title(), self._pairs()
+        room = budget - _size(title) - sum(_size(part) for part in closing) - NOTE_CHARS
         shown = []
-        for pair in self._pairs():
+        for pair in pairs:
             if _size(pair) > room:
                 break
             shown.append(pair)
             room -= _size(pair)
-        parts = [self._title(), *shown]
-        if len(shown) < len(self._pairs()):
-            omitted = self._pairs()[len(shown) :]
+        parts = [title, *shown]
+        if len(shown) < len(pairs):
+            omitted = pairs[len(shown) :]
             left_out += sum(len(part) for part in omitted)
             parts.append([f"\n… {len(omitted)} more agent · category parts in the attached file"])
         return _pack([*parts, *closing], section), left_out
