@@ -227,6 +227,11 @@ def _banner(card: DraftCard) -> str | None:
         return None
     if card.agent_paused:
         return ":octagonal_sign: *Agent paused* — nothing of this agent is approved or executed until an admin resumes it."
+    if card.category_manual and card.status == "approved":
+        return (
+            ":raising_hand: *Category in manual mode* — this approved action is held, not carried out,"
+            f" until an admin runs `/agent review {card.category}`."
+        )
     if card.category_manual:
         return ":raising_hand: *Category in manual mode* — handle this by hand; approvals are refused."
     return None

@@ -125,7 +125,12 @@ async def test_a_draft_whose_retries_trip_the_breaker_waits_for_review_and_its_c
             text = blocks_text(h.slack.message(message["channel"], message["ts"]))
             return text if "after 5 attempt(s)" in text else None
 
-        assert "Execution: pending after 5 attempt(s) — HTTP 503" in await eventually(card)
+        shown = await eventually(card)
+        assert "Execution: pending after 5 attempt(s) — HTTP 503" in shown
+        assert (
+            "this approved action is held, not carried out, until an admin runs `/agent review refund`"
+            in shown
+        )
         assert (await h.draft(created["id"]))["status"] == "approved" and len(h.executor.requests) == 5
         assert "back in review mode" in await h.command("U0ADMIN", "review refund")
         executed = await h.status(created["id"], "executed")
