@@ -602,7 +602,10 @@ def test_display_controls_are_medium_because_the_card_may_show_another_order(con
     finding = only(
         check(f"Your refund of $30.00 {control}00.0003${chr(0x202C)} is on its way."), "display_controls"
     )
-    assert finding.severity == "medium"
+    assert finding.severity == "medium" and finding.message.startswith("The draft contains ")
+    spoofed = f"Please refund my order {control}2401{chr(0x202C)}, it never came."
+    in_context = only(check("Refund of $30.00 issued.", context=spoofed), "display_controls")
+    assert in_context.message.startswith("The customer's message contains ")
 
 
 @pytest.mark.parametrize(

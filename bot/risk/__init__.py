@@ -29,7 +29,7 @@ def check_rules(
     ctx = RiskText.of(context) if context is not None and context.strip() else None
     findings: list[Finding] = []
     findings += check_size(rules, draft)
-    findings += check_display_controls(body)
+    findings += check_display_controls(body, context)
     findings += check_money(rules, draft, ctx, amount)
     findings += check_amounts(rules, draft, amount, currency)
     findings += check_cards(draft)

@@ -33,15 +33,21 @@ def check_size(rules: RiskRules, draft: RiskText) -> list[Finding]:
 _DISPLAY_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
-def check_display_controls(body: str) -> list[Finding]:
-    if body.isascii() or not _DISPLAY_CONTROLS.search(body):
+def check_display_controls(body: str, context: str | None) -> list[Finding]:
+    where = [
+        name
+        for name, text in (("draft", body), ("customer's message", context))
+        if text and not text.isascii() and _DISPLAY_CONTROLS.search(text)
+    ]
+    if not where:
         return []
     return [
         Finding(
             "display_controls",
             "medium",
-            "The draft contains bidirectional control characters (U+202A to U+202E, U+2066 to U+2069):"
-            " the text may be displayed in another order than it is written; read it in the API.",
+            f"The {' and the '.join(where)} contain{'s' if len(where) == 1 else ''} bidirectional control"
+            " characters (U+202A to U+202E, U+2066 to U+2069): the text may be displayed in another"
+            " order than it is written; read it in the API.",
         )
     ]
 
