@@ -408,9 +408,7 @@ def _claim(rt: Runtime, day: date, *, late: bool, worker: str, now: datetime) ->
         with transaction(rt.engine) as session:
             session.add(ScheduleClaim(name=claim_name(day), claimed_by=worker, claimed_at=now, late=late))
             session.flush()
-            queries.enqueue(
-                session, "slack.digest", {"day": day.isoformat(), "late": late}, now=now, max_attempts=1000
-            )
+            queries.enqueue(session, "slack.digest", {"day": day.isoformat(), "late": late}, now=now)
     except IntegrityError:
         return False
     rt.wake_outbox()

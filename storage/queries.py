@@ -206,6 +206,12 @@ def drop_control(session: Session, key: str) -> bool:
     return dropped.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
 
+ATTEMPTS = 8  # an outside endpoint's job gives up after these (about 4 minutes of backoff)
+# Slack's jobs (a card's update, an alert, a thread reply) outlast a Slack outage of days: backoff
+# is capped at 5 minutes, and Slack's refusals that no retry changes end them at once.
+SLACK_ATTEMPTS = 1000
+
+
 def enqueue(
     session: Session,
     kind: str,
@@ -214,7 +220,7 @@ def enqueue(
     now: datetime,
     agent_id: int | None = None,
     category: str | None = None,
-    max_attempts: int = 8,
+    max_attempts: int | None = None,
     delay: timedelta = timedelta(0),
 ) -> None:
     """Add a durable outbound job in the caller's transaction."""
@@ -241,10 +247,12 @@ def job(
     now: datetime,
     agent_id: int | None = None,
     category: str | None = None,
-    max_attempts: int = 8,
+    max_attempts: int | None = None,
     delay: timedelta = timedelta(0),
 ) -> dict[str, Any]:
-    """The row of a new outbox job, for enqueue_many."""
+    """The row of a new outbox job, for enqueue_many (`max_attempts` by default: see ATTEMPTS)."""
+    if max_attempts is None:
+        max_attempts = SLACK_ATTEMPTS if kind.startswith("slack.") else ATTEMPTS
     return {
         "kind": kind,
         "payload": json.dumps(payload),

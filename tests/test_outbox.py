@@ -276,6 +276,29 @@ async def test_worker_gives_up_once_when_attempts_run_out(rt: Runtime, clock: Fr
     assert recorder.gave_up == [(job_id, "TimeoutError: no answer")]
 
 
+@pytest.mark.parametrize(
+    ("kind", "attempts"), [("slack.alert", queries.SLACK_ATTEMPTS), ("callback.send", 8)]
+)
+async def test_slacks_jobs_outlast_a_long_outage_and_other_targets_give_up_sooner(
+    rt: Runtime, clock: FrozenClock, kind: str, attempts: int
+) -> None:
+    # An alert (or a card's update) must not be lost to a Slack outage of an hour or a day.
+    (job_id,) = enqueue(rt, kind)
+    recorder = Recorder(RetryLater("slack error 503"))
+    for _ in range(12):
+        await worker(rt, recorder, kind).run_once()
+        clock.advance(minutes=10)  # past the longest backoff (5 min)
+    waiting = job(rt, job_id)
+    assert waiting.max_attempts == attempts
+    if kind == "slack.alert":
+        assert (waiting.status, waiting.attempts, recorder.gave_up) == ("queued", 12, [])
+        recorder.outcome = None
+        await worker(rt, recorder, kind).run_once()
+        assert job(rt, job_id).status == "done"
+    else:
+        assert (waiting.status, waiting.attempts) == ("dead", 8)
+
+
 async def test_worker_delivers_the_other_jobs_of_a_batch_when_one_fails(rt: Runtime) -> None:
     ids = enqueue(rt, count=3)
     failing_id = ids[1]

@@ -250,9 +250,7 @@ def _new_draft(rt: Runtime, item: Prepared, controls: _Controls, rows: _Rows, no
         )
     )
     # Slack being down delays the post, never loses it: this job retries for days, not minutes.
-    rows.jobs.append(
-        queries.job("slack.render", {"draft_id": draft_id, "post": True}, now=now, max_attempts=1000)
-    )
+    rows.jobs.append(queries.job("slack.render", {"draft_id": draft_id, "post": True}, now=now))
     if category.ai_review and status == "pending":
         rows.jobs.append(queries.job("risk.ai_review", {"draft_id": draft_id}, now=now, max_attempts=3))
     body: dict[str, Any] = {"id": draft_id, "status": status, "url": f"{item.base_url}/v1/drafts/{draft_id}"}
