@@ -56,7 +56,9 @@ def apply(rt: Runtime, draft_id: str, result: ReviewResult) -> None:
     now = rt.clock()
     with transaction(rt.engine, audited=True) as session:
         draft = session.get(Draft, draft_id)
-        if draft is None:
+        # A draft withdrawn or expired while the reviewer read it ended unreviewed: its card says
+        # so, and its updated_at stays the time it ended.
+        if draft is None or draft.status in ("cancelled", "expired"):
             return
         risk = json.loads(draft.risk)
         findings = [

@@ -10,7 +10,7 @@ import pytest
 
 from handlers import ids
 from tests.conftest import make_env, write_config
-from tests.doubles.anthropic_api import DEFAULT_API_KEY, AnthropicDouble, Status, findings
+from tests.doubles.anthropic_api import DEFAULT_API_KEY, AnthropicDouble, Sleep, Status, findings
 from tests.harness import Harness, eventually, harness
 
 AI_ON = '\n[categories.billing]\nchannel = "C0BILLING"\nreviewers = ["U0ALICE", "U0BOB"]\nai_review = true\npolicy = "Never promise delivery dates."\n'
@@ -54,6 +54,22 @@ async def test_card_says_pending_then_shows_the_ai_findings(h: Harness, claude: 
     view = await h.draft(str(created["id"]))
     assert any(f["code"] == "ai_invented_promise" for f in view["risk"]["findings"])
     assert "Never promise delivery dates." in claude.requests[0].system_text + claude.requests[0].user_text
+
+
+async def test_a_review_that_ends_after_the_draft_was_withdrawn_changes_nothing(
+    h: Harness, claude: AnthropicDouble
+) -> None:
+    claude.script(Sleep(1.0, findings(("invented_promise", "medium", "Promises a delivery date."))))
+    created = await submit(h)
+    message = await h.posted(str(created["id"]))
+    await eventually(lambda: claude.requests)  # the reviewer is reading it
+    response = await h.client.delete(f"/v1/drafts/{created['id']}", headers=h.auth())
+    assert response.status == 200, await response.text()
+    withdrawn = await h.draft(str(created["id"]))
+    await eventually(lambda: h.jobs("risk.ai_review") == [("done", 1)])  # answered and handled
+    after = await h.draft(str(created["id"]))
+    assert after["updated_at"] == withdrawn["updated_at"] and after["risk"] == withdrawn["risk"]
+    assert "AI review not done: the draft left review first" in card(h, message)
 
 
 async def test_an_overloaded_reviewer_degrades_to_rules_only_and_says_so(
