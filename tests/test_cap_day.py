@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -154,23 +153,3 @@ def test_a_rejection_share_over_the_window_auto_pauses_the_agent(rt: Runtime, cl
         assert paused == (n == 19), n
         clock.advance(hours=1)
     assert "6 of its last 20" in str(agents.me(rt, agent=agent)["reason"])
-
-
-def test_an_amount_cannot_be_edited_into_a_draft_without_one(rt: Runtime) -> None:
-    agents.add(rt, name="support-bot", categories=["reply"], callback_prefixes=[])
-    agent = agents.authenticate(rt, agents.rotate(rt, name="support-bot"))
-    body = {"category": "reply", "summary": "s", "body": "Your order ships Monday."}
-    _, created = intake.submit(rt, agent=agent, draft=DraftIn.model_validate(body), key=None, base_url="")
-    with pytest.raises(DecisionRefused, match="no amount"):
-        decisions.approve(
-            rt,
-            draft_id=str(created["id"]),
-            version=1,
-            user="U0ALICE",
-            reviewers=frozenset({"U0ALICE"}),
-            reviewer=policy.Reviewer("U0ALICE"),
-            edited_body="Your order ships Tuesday.",
-            edited_amount=Decimal("5.00"),
-        )
-    with rt.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT status, amount_minor FROM draft").one() == ("pending", None)

@@ -198,40 +198,32 @@ def test_trend_chart_is_a_valid_png() -> None:
     assert len(zlib.decompress(idat)) == 50 * (1 + 100 * 3)
 
 
+def digest_print(env: dict[str, str], when: str) -> subprocess.CompletedProcess[str]:
+    """`countersign digest --date WHEN --print`, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "bot", "digest", "--date", when, "--print"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 def test_digest_print_cli_prints_the_same_numbers(
     db_url: str, tmp_path: Path, rt: Runtime, clock: FrozenClock
 ) -> None:
     script_day(rt, clock)
     env = make_env(db_url, write_config(tmp_path))
-    result = subprocess.run(
-        [sys.executable, "-m", "bot", "digest", "--date", "2026-11-24", "--print"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
     expected = digest.build(rt, date(2026, 11, 24)).text()
-    assert result.stdout.strip() == expected.strip()
     # An ISO 8601 datetime names its day in the configured zone (New York: 03:00Z is the 24th).
-    for when in ("2026-11-24T12:00:00", "2026-11-25T03:00:00Z"):
-        again = subprocess.run(
-            [sys.executable, "-m", "bot", "digest", "--date", when, "--print"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        assert again.stdout.strip() == expected.strip(), when
+    for when in ("2026-11-24", "2026-11-24T12:00:00", "2026-11-25T03:00:00Z"):
+        result = digest_print(env, when)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == expected.strip(), when
 
 
 def test_digest_of_a_day_that_has_not_begun_exits_2(db_url: str, tmp_path: Path) -> None:
-    env = make_env(db_url, write_config(tmp_path))
-    result = subprocess.run(
-        [sys.executable, "-m", "bot", "digest", "--date", "2999-01-01", "--print"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    result = digest_print(make_env(db_url, write_config(tmp_path)), "2999-01-01")
     assert result.returncode == 2 and result.stdout == ""
     assert "2999-01-01 has not begun yet in America/New_York" in result.stderr
 
