@@ -11,14 +11,14 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from slack_sdk.signature import SignatureVerifier
 
-from bot import decisions, digest, logs, slack, watchdogs
+from bot import decisions, digest, logs, retention, slack, watchdogs
 from bot import slack_app as slack_app_module
 from bot.agents import TokenCache
 from bot.aireview import AIReviewJobs
@@ -102,6 +102,7 @@ def build_runtime(settings: Settings, options: Options) -> Runtime:
 
 async def schedules(rt: Runtime, control: Control, every: float, stop: asyncio.Event, worker: str) -> None:
     """Timers every replica runs; each effect is a conditional transition, so it happens once."""
+    pruned_at: datetime | None = None
     while not stop.is_set():
         try:
             if isinstance(rt.clock, DatabaseClock):
@@ -112,6 +113,9 @@ async def schedules(rt: Runtime, control: Control, every: float, stop: asyncio.E
             await asyncio.to_thread(watchdogs.check_backlog, rt)
             await asyncio.to_thread(digest.claim_due, rt, worker=worker)
             await asyncio.to_thread(digest.claim_missed, rt, worker=worker)
+            if retention.due(pruned_at, rt.clock()):
+                pruned_at = rt.clock()  # a failing sweep waits for its next turn, not the next tick
+                await asyncio.to_thread(retention.prune, rt)
         except Exception:
             log.exception("scheduled work failed")
         with contextlib.suppress(TimeoutError):

@@ -165,6 +165,19 @@ def db_check() -> None:
     typer.echo("models and migrations agree")
 
 
+@db_app.command("prune")
+def db_prune() -> None:
+    """Delete what is kept only for a while: delivered outbox jobs after 7 days, jobs that gave
+    up after 30, Idempotency-Key answers after 24 hours. The server does this every hour."""
+    from bot import retention
+
+    pruned = retention.prune(runtime(settings_or_exit()))
+    typer.echo(
+        f"deleted {pruned.done_jobs} delivered and {pruned.dead_jobs} dead outbox jobs,"
+        f" {pruned.idempotency_records} idempotency records"
+    )
+
+
 @db_app.command("grant-app-role")
 def db_grant_app_role(
     role: Annotated[str, typer.Argument(help="The PostgreSQL role the server connects as.")],

@@ -42,7 +42,9 @@ class StateCollector(Collector):
         )
         lag = GaugeMetricFamily("countersign_outbox_lag_seconds", "How late the most overdue queued job is")
         dead = GaugeMetricFamily(
-            "countersign_outbox_dead_jobs", "Jobs that gave up, by target", labels=["kind"]
+            "countersign_outbox_dead_jobs",
+            "Jobs that gave up in the last 30 days (older ones are pruned), by target",
+            labels=["kind"],
         )
         usage = GaugeMetricFamily(
             "countersign_cap_usage_ratio", "Today's usage over the cap", labels=["category", "cap"]

@@ -19,7 +19,7 @@ from sqlmodel import Session, col
 
 from storage.db import transaction
 from storage.rawsql import RawCursor
-from storage.tables import Agent, AgentToken, CapUsage, ControlState, Draft, OutboxJob
+from storage.tables import Agent, AgentToken, CapUsage, ControlState, Draft, IdempotencyRecord, OutboxJob
 
 draft_t = Draft.__table__  # type: ignore[attr-defined]
 agent_t = Agent.__table__  # type: ignore[attr-defined]
@@ -27,6 +27,7 @@ token_t = AgentToken.__table__  # type: ignore[attr-defined]
 cap_t = CapUsage.__table__  # type: ignore[attr-defined]
 control_t = ControlState.__table__  # type: ignore[attr-defined]
 job_t = OutboxJob.__table__  # type: ignore[attr-defined]
+idempotency_t = IdempotencyRecord.__table__  # type: ignore[attr-defined]
 
 
 def agent_for_token(session: Session, token_hash: str) -> Agent | None:
@@ -417,3 +418,29 @@ def fail_job(
         .values(**values)
     )
     return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+
+def delete_finished_jobs(session: Session, *, status: str, finished_before: datetime, limit: int) -> int:
+    """Delete up to `limit` jobs in `status` (done or dead) that finished before `finished_before`."""
+    ids = (
+        sa.select(job_t.c.id)
+        .where(job_t.c.status == status, job_t.c.finished_at < finished_before)
+        .order_by(job_t.c.id)
+        .limit(limit)
+    )
+    result = session.execute(sa.delete(job_t).where(job_t.c.id.in_(ids)))
+    return result.rowcount  # type: ignore[attr-defined,no-any-return]
+
+
+def delete_idempotency_records(session: Session, *, created_before: datetime, limit: int) -> int:
+    """Delete up to `limit` stored Idempotency-Key answers made before `created_before`."""
+    keys = (
+        sa.select(idempotency_t.c.agent_id, idempotency_t.c.key)
+        .where(idempotency_t.c.created_at < created_before)
+        .order_by(idempotency_t.c.created_at)
+        .limit(limit)
+    )
+    result = session.execute(
+        sa.delete(idempotency_t).where(sa.tuple_(idempotency_t.c.agent_id, idempotency_t.c.key).in_(keys))
+    )
+    return result.rowcount  # type: ignore[attr-defined,no-any-return]
