@@ -258,15 +258,6 @@ class ControlState(SQLModel, table=True):
     updated_at: datetime = _utc()
 
 
-class SlackEventSeen(SQLModel, table=True):
-    """Slack event ids already handled: Slack redelivers events, Bolt does not deduplicate."""
-
-    __tablename__ = "slack_event_seen"
-
-    event_id: str = Field(primary_key=True, max_length=100)
-    seen_at: datetime = _utc()
-
-
 class ScheduleClaim(SQLModel, table=True):
     """A uniquely keyed claim so a scheduled task (a day's digest) runs once across replicas."""
 

@@ -55,3 +55,13 @@ def test_0002_keeps_todays_usage_and_then_holds_it_to_the_caps(engine: Engine) -
         assert [
             tuple(r) for r in conn.execute(sa.text("SELECT count_used, amount_used_minor FROM cap_usage"))
         ] == [(3, 9000)]
+
+
+def test_0006_drops_the_unused_event_table_and_its_downgrade_brings_it_back(engine: Engine) -> None:
+    _alembic(engine, "upgrade", "0005")
+    assert "slack_event_seen" in sa.inspect(engine).get_table_names()
+    migrate.upgrade(engine)
+    assert migrate.is_current(engine)
+    assert "slack_event_seen" not in sa.inspect(engine).get_table_names()
+    _alembic(engine, "downgrade", "0005")
+    assert "slack_event_seen" in sa.inspect(engine).get_table_names()
