@@ -427,6 +427,7 @@ def delete_finished_jobs(session: Session, *, status: str, finished_before: date
         .where(job_t.c.status == status, job_t.c.finished_at < finished_before)
         .order_by(job_t.c.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)  # PostgreSQL: replicas sweeping at once take turns, never wait
     )
     result = session.execute(sa.delete(job_t).where(job_t.c.id.in_(ids)))
     return result.rowcount  # type: ignore[attr-defined,no-any-return]
@@ -439,6 +440,7 @@ def delete_idempotency_records(session: Session, *, created_before: datetime, li
         .where(idempotency_t.c.created_at < created_before)
         .order_by(idempotency_t.c.created_at)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     result = session.execute(
         sa.delete(idempotency_t).where(sa.tuple_(idempotency_t.c.agent_id, idempotency_t.c.key).in_(keys))

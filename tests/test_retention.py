@@ -3,14 +3,17 @@ are deleted once their keeping time is up; drafts, decisions and the audit log n
 
 from __future__ import annotations
 
+import multiprocessing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session
 
 from bot import agents, audit, retention
 from bot.runtime import Runtime
+from bot.settings import load_settings
 from storage.db import create_db_engine, transaction
 from storage.tables import IdempotencyRecord, OutboxJob
 from tests.conftest import Api, FrozenClock, make_env, write_config
@@ -167,3 +170,59 @@ def test_db_prune_says_what_it_deleted(db_url: str, tmp_path: Path) -> None:
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "deleted 1 delivered and 0 dead outbox jobs, 0 idempotency records"
+
+
+SWEEPERS, OLD_JOBS, RECENT_JOBS, OLD_KEYS = 4, 2_000, 300, 1_000
+
+
+def _sweep(url: str, config: str, now: datetime, barrier: Any, answers: Any) -> None:
+    settings = load_settings(make_env(url, Path(config)))
+    engine = create_db_engine(url)
+    rt = Runtime(engine=engine, config=settings.config, clock=lambda: now)
+    barrier.wait()  # every replica sweeps at the same moment
+    try:
+        answers.put(retention.prune(rt, chunk=50))
+    except Exception as exc:
+        answers.put(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    engine.dispose()
+
+
+def test_replicas_sweeping_at_once_delete_each_row_once_without_errors(
+    db_url: str, rt: Runtime, clock: FrozenClock, tmp_path: Path
+) -> None:
+    agents.add(rt, name="support-bot", categories=["reply"], callback_prefixes=[])
+    with transaction(rt.engine) as session:
+        agent_id = int(session.execute(sa.text("SELECT id FROM agent")).scalar_one())
+        for n in range(OLD_JOBS):
+            _job(session, f"old-{n}", "done", age=timedelta(days=8), now_=clock)
+        for n in range(RECENT_JOBS):
+            _job(session, f"recent-{n}", "done", age=timedelta(days=6), now_=clock)
+        for n in range(OLD_KEYS):
+            session.add(
+                IdempotencyRecord(
+                    agent_id=agent_id,
+                    key=f"key-{n}",
+                    request_hash="h",
+                    response_status=202,
+                    response_body="{}",
+                    created_at=clock() - timedelta(days=2),
+                )
+            )
+    context = multiprocessing.get_context("spawn")
+    barrier, answers = context.Barrier(SWEEPERS), context.Queue()
+    config = str(tmp_path / "countersign.toml")
+    processes = [
+        context.Process(target=_sweep, args=(db_url, config, clock(), barrier, answers))
+        for _ in range(SWEEPERS)
+    ]
+    for process in processes:
+        process.start()
+    results = [answers.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+
+    assert [r for r in results if not isinstance(r, retention.Pruned)] == []
+    assert sum(r.done_jobs for r in results) == OLD_JOBS
+    assert sum(r.idempotency_records for r in results) == OLD_KEYS
+    assert len(_remaining(rt)) == RECENT_JOBS
+    assert _keys(rt) == set()
