@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from slack_sdk.signature import SignatureVerifier
 
-from bot import decisions, digest, logs, retention, slack, watchdogs
+from bot import decisions, digest, logs, reads, retention, slack, watchdogs
 from bot import slack_app as slack_app_module
 from bot.agents import TokenCache
 from bot.aireview import AIReviewJobs
@@ -35,7 +35,7 @@ from bot.settings import Settings
 from bot.webhooks import WebhookJobs
 from handlers import agent_api
 from storage import migrate
-from storage.db import create_db_engine
+from storage.db import create_db_engine, reader
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = await asyncio.to_thread(request.app[METRICS].render)
+    body = await reads.read(request.app[METRICS].render)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -73,12 +73,12 @@ async def readyz(request: web.Request) -> web.Response:
     rt = request.app[agent_api.RUNTIME]
 
     def check() -> bool:
-        with rt.engine.connect() as conn:
+        with reader(rt.engine).connect() as conn:
             conn.execute(sa.text("SELECT 1"))
         return migrate.is_current(rt.engine)
 
     try:
-        current = await asyncio.to_thread(check)
+        current = await reads.read(check)
     except Exception as exc:
         return web.json_response({"ok": False, "database": f"unreachable: {type(exc).__name__}"}, status=503)
     if not current:

@@ -149,8 +149,11 @@ def transaction(engine: Engine, *, write: bool = True, audited: bool = False) ->
             yield session
         return
     if not write:
-        reader = engine.execution_options(**{READ_ONLY: True})
-        with Session(reader, expire_on_commit=False) as session, session.begin(), _cursor_closed(session):
+        with (
+            Session(reader(engine), expire_on_commit=False) as session,
+            session.begin(),
+            _cursor_closed(session),
+        ):
             yield session
         return
     if not is_sqlite(engine):
@@ -164,6 +167,12 @@ def transaction(engine: Engine, *, write: bool = True, audited: bool = False) ->
         _cursor_closed(session),
     ):
         yield session
+
+
+def reader(engine: Engine) -> Engine:
+    """`engine` for reads only: on SQLite its transactions begin without taking the write lock
+    (a plain `engine.connect()` there begins with BEGIN IMMEDIATE, as a writer)."""
+    return engine.execution_options(**{READ_ONLY: True})
 
 
 @contextmanager

@@ -10,6 +10,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
+from storage.db import reader
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -42,5 +44,5 @@ def check(engine: Engine) -> None:
 def is_current(engine: Engine) -> bool:
     """True when the database is at the newest migration."""
     head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
-    with engine.connect() as connection:
+    with reader(engine).connect() as connection:
         return MigrationContext.configure(connection).get_current_revision() == head

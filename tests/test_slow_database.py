@@ -10,6 +10,7 @@ cannot have waited for the commit.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from aiohttp import ClientTimeout
 
 from storage import db
 from storage.db import normalize_url
@@ -105,3 +107,50 @@ async def test_a_submission_held_past_the_lock_wait_gets_503_and_its_retry_lands
         assert (await again.json())["id"] == (await retried.json())["id"]
         with h.rt.engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT count(*) FROM draft").scalar_one() == 1
+
+
+@contextlib.contextmanager
+def agent_rows_held(db_url: str) -> Iterator[None]:
+    """Hold, from this process, a lock every heartbeat needs: SQLite's write lock, or on PostgreSQL
+    the agent rows' row locks."""
+    if db_url.startswith("sqlite"):
+        with commits_held(db_url):
+            yield
+        return
+    with psycopg.connect(db_url) as conn:
+        conn.execute("SELECT id FROM agent FOR UPDATE")
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+
+WAITING_WRITES = 16  # more than the event loop's default thread pool holds on any host this runs on
+
+
+async def test_reads_answer_while_writes_wait_on_a_held_lock(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Writes waiting on the lock fill the default thread pool; the agent API's reads, /metrics and
+    # /readyz have threads of their own (bot/reads.py), so they answer while the lock is still held.
+    monkeypatch.setattr(db, "LOCK_WAIT_MS", 20_000)
+    async with harness(db_url, tmp_path) as h:
+        draft = await h.submit(category="reply", summary="s", body="hello")
+        with agent_rows_held(db_url):
+            beats = [
+                asyncio.create_task(h.client.post("/v1/heartbeat", headers=h.auth()))
+                for _ in range(WAITING_WRITES)
+            ]
+            await asyncio.sleep(0.5)  # every heartbeat reaches its thread and waits there
+            assert not any(beat.done() for beat in beats)
+            reads = [
+                h.client.get("/v1/agents/me", headers=h.auth(), timeout=ClientTimeout(total=10)),
+                h.client.get(f"/v1/drafts/{draft['id']}", headers=h.auth(), timeout=ClientTimeout(total=10)),
+                h.client.get("/metrics", timeout=ClientTimeout(total=10)),
+                h.client.get("/readyz", timeout=ClientTimeout(total=10)),
+            ]
+            for response in await asyncio.gather(*reads):
+                assert response.status == 200, (response.url, await response.text())
+            assert not any(beat.done() for beat in beats)  # the reads did not wait for the lock
+        for beat in await asyncio.gather(*beats):
+            assert beat.status == 200, await beat.text()
