@@ -406,6 +406,64 @@ def test_check_config_returns_one_problem_when_the_toml_is_invalid(tmp_path: Pat
     assert "not valid TOML" in problems[0].message
 
 
+def test_check_config_refuses_an_expiry_so_long_that_no_draft_could_be_stored(tmp_path: Path) -> None:
+    # 999999999d parses as a timedelta, but now + it overflows: every submission was a 500.
+    path = write(
+        tmp_path, '[categories.reply]\nchannel = "C01"\nreviewers = ["U01"]\nexpire_after = "999999999d"\n'
+    )
+
+    [problem] = check_config(path, {})
+
+    assert (problem.key, "duration too long" in problem.message) == ("categories.reply.expire_after", True)
+
+
+def test_check_config_returns_one_problem_when_the_file_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('policy = "caf\xe9"\n'.encode("latin-1"))
+
+    problems = check_config(path, {})
+
+    assert len(problems) == 1
+    assert "not UTF-8" in problems[0].message
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql+psycopg2://u:p@db/cs", "psycopg 3"),
+        ("postgresql+asyncpg://u:p@db/cs", "psycopg 3"),
+        ("sqlite://", "SQLite needs a file"),
+        ("sqlite:///:memory:", "SQLite needs a file"),
+        ("postgresql://u:secret@db:port/cs", "not a database URL"),
+        ("mysql://u@db/cs", "expected sqlite:///PATH"),
+    ],
+)
+def test_load_settings_refuses_a_database_url_it_cannot_use_without_quoting_it(
+    tmp_path: Path, url: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(minimal_env(tmp_path, COUNTERSIGN_DATABASE_URL=url))
+
+    [problem] = raised.value.problems
+    assert (problem.key, expected in problem.message) == ("COUNTERSIGN_DATABASE_URL", True)
+    assert "secret" not in problem.message
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:///countersign.db", "sqlite:////var/lib/cs.db", "postgresql://u@db/cs", "postgres://u@db/cs"],
+)
+def test_load_settings_takes_the_documented_database_urls(tmp_path: Path, url: str) -> None:
+    assert load_settings(minimal_env(tmp_path, COUNTERSIGN_DATABASE_URL=url)).database_url == url
+
+
+def test_load_settings_refuses_a_slack_api_url_that_does_not_parse(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(minimal_env(tmp_path, COUNTERSIGN_SLACK_API_URL="http://[bad/"))
+
+    assert [p.key for p in raised.value.problems] == ["COUNTERSIGN_SLACK_API_URL"]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -416,13 +474,17 @@ def test_check_config_returns_one_problem_when_the_toml_is_invalid(tmp_path: Pat
         ("1h30m", timedelta(hours=1, minutes=30)),
         ("1d2h3m4s", timedelta(days=1, hours=2, minutes=3, seconds=4)),
         ("90m", timedelta(minutes=90)),
+        ("3650d", timedelta(days=3650)),
     ],
 )
 def test_parse_duration_returns_the_timedelta_when_the_text_is_valid(text: str, expected: timedelta) -> None:
     assert parse_duration(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "0", "0s", "-4h", "4x", "h", "4 h", "4H", "30m1h", "1.5h", "٣h"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "0", "0s", "-4h", "4x", "h", "4 h", "4H", "30m1h", "1.5h", "٣h", "3651d", "87601h", "999999999d"],
+)
 def test_parse_duration_raises_when_the_text_is_not_a_positive_duration(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
@@ -457,13 +519,21 @@ def test_parse_amount_raises_when_the_text_is_not_a_plain_decimal(text: str) -> 
         ("BHD", 3),
         ("KWD", 3),
         ("TND", 3),
+        ("KZT", 2),
+        ("CRC", 2),
+        ("GEL", 2),
+        ("DOP", 2),
+        ("VES", 2),
+        ("MUR", 2),
+        ("XCG", 2),
+        ("ISK", 0),
     ],
 )
 def test_currency_exponent_returns_iso_minor_units_when_the_code_is_known(code: str, exponent: int) -> None:
     assert currency_exponent(code) == exponent
 
 
-@pytest.mark.parametrize("code", ["XXX", "usd", "US", "USDX", "", "D"])
+@pytest.mark.parametrize("code", ["XXX", "XAU", "usd", "US", "USDX", "", "D", "HRK"])
 def test_currency_exponent_raises_when_the_code_is_unknown(code: str) -> None:
     with pytest.raises(ValueError, match="unknown currency code"):
         currency_exponent(code)

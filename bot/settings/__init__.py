@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from bot.settings.config import (
     AgentPolicy,
     Category,
@@ -59,14 +62,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     problems: list[Problem] = []
     api_url = env.get("COUNTERSIGN_SLACK_API_URL") or "https://slack.com/api/"
-    if urlsplit(api_url).scheme not in ("http", "https") or not urlsplit(api_url).netloc:
+    if not _is_http_url(api_url):
         problems.append(
             Problem("environment", "COUNTERSIGN_SLACK_API_URL", f"not an http(s) URL: {api_url!r}")
         )
     database_url = env.get("COUNTERSIGN_DATABASE_URL") or "sqlite:///countersign.db"
-    if urlsplit(database_url).scheme.split("+")[0] not in ("sqlite", "postgresql", "postgres"):
-        message = "expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB"
-        problems.append(Problem("environment", "COUNTERSIGN_DATABASE_URL", message))
+    database_problem = _database_url_problem(database_url)
+    if database_problem:
+        problems.append(Problem("environment", "COUNTERSIGN_DATABASE_URL", database_problem))
     config_path = Path(env.get("COUNTERSIGN_CONFIG") or "countersign.toml")
     config, config_problems = build_config(config_path, env)
     if problems or config_problems:
@@ -81,6 +84,37 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
         config=config,
     )
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+_DATABASE_URL_FORMS = "expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB"
+
+
+def _database_url_problem(url: str) -> str | None:
+    """What is wrong with a database URL, or None. The URL itself is never quoted: it may hold a
+    password."""
+    try:
+        parsed = make_url(url)
+        parsed.port  # noqa: B018 - raises on a port that is not a number
+    except (ArgumentError, ValueError):
+        return f"not a database URL: {_DATABASE_URL_FORMS}"
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        if not parsed.database or parsed.database == ":memory:":
+            return "SQLite needs a file: sqlite:///PATH (an in-memory database would vanish with the process)"
+        return None
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
+        return None
+    if parsed.get_backend_name() in ("postgresql", "postgres"):
+        return f"Countersign connects with psycopg 3: write postgresql://… (not {parsed.drivername}://…)"
+    return _DATABASE_URL_FORMS
 
 
 def missing_slack_credentials(settings: Settings | Mapping[str, str], *, socket_mode: bool) -> list[str]:

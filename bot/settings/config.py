@@ -244,6 +244,8 @@ def build_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[Probl
         r.add("", f"cannot read the file: {error.strerror}")
     except tomllib.TOMLDecodeError as error:
         r.add("", f"not valid TOML: {error}")
+    except UnicodeDecodeError as error:
+        r.add("", f"not UTF-8 text (TOML files are UTF-8): byte {error.start} cannot be read")
     top = r.fields(raw, "", _TOP_KEYS)
     # Read in the order DESIGN.md lays the file out, so problems are listed in an order people recognise.
     timezone = _or(r.parsed(top, "timezone", parse_zone), ZoneInfo("UTC"))

@@ -20,18 +20,28 @@ _CLOCK = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 _DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
 
 
-# ISO 4217 minor units of the currencies accepted; anything else is refused rather than guessed.
+# ISO 4217 minor units of every currency in circulation (the 2025 list: fund, metal and test codes
+# left out); anything else is refused rather than guessed.
 _MINOR_UNITS = {
-    0: "JPY KRW VND CLP ISK UGX XAF XOF KMF PYG RWF VUV XPF BIF DJF GNF",
+    0: "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX VND VUV XAF XOF XPF",
     3: "BHD IQD JOD KWD LYD OMR TND",
-    2: "USD EUR GBP CHF CAD AUD NZD SEK NOK DKK PLN CZK HUF RON BGN TRY RUB UAH ILS AED SAR QAR EGP ZAR"
-    " NGN KES GHS MAD INR PKR BDT LKR CNY HKD TWD SGD MYR THB IDR PHP MXN BRL ARS COP PEN UYU",
+    2: "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB BRL BSD BTN BWP BYN BZD"
+    " CAD CDF CHF CNY COP CRC CUP CVE CZK DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD"
+    " GTQ GYD HKD HNL HTG HUF IDR ILS INR IRR JMD KES KGS KHR KPW KYD KZT LAK LBP LKR LRD LSL MAD"
+    " MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD PAB PEN PGK PHP"
+    " PKR PLN QAR RON RSD RUB SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS"
+    " TMT TOP TRY TTD TWD TZS UAH USD UYU UZS VED VES WST XCD XCG YER ZAR ZMW ZWG",
 }
 
 
 @functools.cache
 def _exponents() -> dict[str, int]:
     return {code: exponent for exponent, codes in _MINOR_UNITS.items() for code in codes.split()}
+
+
+# Far beyond any expiry, time box or overlap anyone means, and far from datetime's year 9999, so
+# `now + duration` can never overflow.
+MAX_DURATION = timedelta(days=3650)
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,8 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"duration too long: {text!r}") from None
     if not value:
         raise ValueError(f"duration must be longer than zero: {text!r}")
+    if value > MAX_DURATION:
+        raise ValueError(f"duration too long: {text!r} (at most {MAX_DURATION.days}d)")
     return value
 
 
