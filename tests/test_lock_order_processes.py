@@ -74,6 +74,10 @@ def _act(env: dict[str, str], role: str, ids: list[str], barrier: Any, answers: 
 
 
 def _drafts(rt: Runtime, count: int) -> list[str]:
+    """`count` pending drafts, submitted on the wall clock the racing processes decide by: with the
+    fixture's frozen clock (a fixed day) they would have expired a day later, and every approval
+    would be refused as expired."""
+    rt = Runtime(engine=rt.engine, config=rt.config)
     agents.add(rt, name="race-bot", categories=["reply"], callback_prefixes=[])
     agent = agents.authenticate(rt, agents.rotate(rt, name="race-bot"))
     draft = DraftIn.model_validate({"category": "reply", "summary": "s", "body": "It ships on Monday."})
