@@ -23,6 +23,7 @@ from bot import slack_app as slack_app_module
 from bot.agents import TokenCache
 from bot.aireview import AIReviewJobs
 from bot.control import Control
+from bot.control.switches import apply_config_modes
 from bot.dbclock import DatabaseClock
 from bot.intake import IntakeWriter
 from bot.metrics import Metrics
@@ -126,6 +127,7 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
     """Build the whole server for `settings`; background workers start with the app."""
     options = options or Options()
     rt = build_runtime(settings, options)
+    apply_config_modes(rt)
     config = settings.config
     app = web.Application(
         middlewares=[logs.request_ids, agent_api.errors_middleware],

@@ -106,6 +106,9 @@ class ControlView:
     agent_caps: CapCheck = CapCheck(None, None, 0, 0)  # the agent's own [agents.NAME] caps
 
 
+SET_BY_CONFIG = "config"  # who set a mode switch that the config file's `mode = "manual"` asks for
+
+
 def is_manual(mode: Mapping[str, Any] | None, now: datetime) -> bool:
     """Whether a category's stored mode switch is in force (a time-boxed one lapses by itself)."""
     if not mode:

@@ -102,6 +102,7 @@ class DraftCard:
     execution_error: str | None = None
     agent_paused: bool = False
     category_manual: bool = False
+    manual_by_config: bool = False  # the config file's `mode = "manual"`, which Slack cannot end
     expires_at: datetime | None = None
     agent_body: str | None = None  # the agent's own text, when a first approver's edit is now `body`
     ended_at: datetime | None = None  # when it expired or was withdrawn: no decision row says so
@@ -228,9 +229,14 @@ def _banner(card: DraftCard) -> str | None:
     if card.agent_paused:
         return ":octagonal_sign: *Agent paused* — nothing of this agent is approved or executed until an admin resumes it."
     if card.category_manual and card.status == "approved":
+        until = (
+            "the config file returns the category to review"
+            if card.manual_by_config
+            else f"an admin runs `/agent review {card.category}`"
+        )
         return (
             ":raising_hand: *Category in manual mode* — this approved action is held, not carried out,"
-            f" until an admin runs `/agent review {card.category}`."
+            f" until {until}."
         )
     if card.category_manual:
         return ":raising_hand: *Category in manual mode* — handle this by hand; approvals are refused."

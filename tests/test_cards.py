@@ -260,3 +260,17 @@ def test_short_forms_cut_the_text_before_escaping_it_so_no_entity_is_split() -> 
     )
     assert fallback_text(card).endswith(" — " + "&amp;" * 199 + "…")
     assert "&lt;" * 299 + "…" in text_of(draft_blocks(card))
+
+
+@pytest.mark.parametrize(
+    ("by_config", "until"),
+    [
+        (False, "until an admin runs `/agent review refund`"),
+        (True, "until the config file returns the category to review"),
+    ],
+)
+def test_an_approved_card_held_by_manual_mode_says_what_ends_the_hold(by_config: bool, until: str) -> None:
+    card = replace(
+        CARD, category="refund", status="approved", category_manual=True, manual_by_config=by_config
+    )
+    assert "this approved action is held, not carried out, " + until in text_of(draft_blocks(card))

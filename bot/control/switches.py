@@ -26,6 +26,65 @@ class Refused(Exception):
     pass
 
 
+CONFIG = policy.SET_BY_CONFIG
+
+
+def apply_config_modes(rt: Runtime) -> list[str]:
+    """Bring the stored mode switches in line with the config's `mode` keys, as the server starts;
+    the categories whose mode this changed.
+
+    `mode = "manual"` stores an open-ended manual switch set by "config" (replacing a time-boxed
+    one, which would otherwise lapse into review); `/agent review` refuses to end it while the
+    config says so. A category whose config no longer says manual loses the switch the config set,
+    and keeps one a person set. Every change is audited and announced, as a person's would be.
+    """
+    now = rt.clock()
+    changed = []
+    for name, category in sorted(rt.config.categories.items()):
+        with transaction(rt.engine, audited=True) as session:
+            current = queries.get_control(session, f"mode:{name}")
+            if category.mode == "manual" and (current is None or current.get("until") is not None):
+                value = {"mode": "manual", "by": CONFIG, "until": None}
+                queries.set_control(session, f"mode:{name}", value, by=CONFIG, at=now)
+                action, text = (
+                    "category.manual",
+                    f":raising_hand: The config file sets *{name}* to manual mode.",
+                )
+            elif category.mode == "review" and current is not None and current.get("by") == CONFIG:
+                value = None
+                queries.set_control(session, f"mode:{name}", None, by=CONFIG, at=now)
+                action, text = (
+                    "category.review",
+                    f":white_check_mark: The config file returned *{name}* to review mode.",
+                )
+            else:
+                continue
+            audit.append(
+                session,
+                at=now,
+                actor=CONFIG,
+                action=action,
+                subject=f"category:{name}",
+                before=current,
+                after=value,
+            )
+            _announce(session, rt, text, now)
+            _refresh_pending(session, now, category=name)
+        changed.append(name)
+    if changed:
+        rt.wake_outbox()
+    return changed
+
+
+def _set_by_config(rt: Runtime, category: str) -> Refused | None:
+    if rt.config.categories[category].mode != "manual":
+        return None
+    return Refused(
+        f'*{category}* is in manual mode because the config file says `mode = "manual"`;'
+        " change it there and restart the server to change its mode."
+    )
+
+
 def _announce(session: Session, rt: Runtime, text: str, now: datetime) -> None:
     if rt.config.alerts_channel:
         queries.enqueue(session, "slack.alert", {"text": text}, now=now)
@@ -194,6 +253,8 @@ class Switches:
 
     def manual(self, user: str, args: list[str]) -> str:
         category = self._category(args, "/agent manual <category> [duration]")
+        if refused := _set_by_config(self.rt, category):
+            raise refused
         until: datetime | None = None
         now = self.rt.clock()
         if len(args) > 1:
@@ -235,6 +296,8 @@ class Switches:
 
     def review(self, user: str, args: list[str]) -> str:
         category = self._category(args, "/agent review <category>")
+        if refused := _set_by_config(self.rt, category):
+            raise refused
         now = self.rt.clock()
         with transaction(self.rt.engine, audited=True) as session:
             queries.set_control(session, f"mode:{category}", None, by=user, at=now)

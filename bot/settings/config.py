@@ -53,6 +53,8 @@ _TOP_KEYS += ("digest", "defaults", "categories", "agents", "watchdog", "ai_revi
 _CATEGORY_KEYS: tuple[str, ...] = ("channel", "manual_channel", "reviewers", "reviewer_group", "currency")
 _CATEGORY_KEYS += ("daily_count_cap", "daily_amount_cap", "two_person_above", "max_amount", "expire_after")
 _CATEGORY_KEYS += ("executor", "allowed_link_domains", "forbidden_phrases", "policy", "ai_review", "money")
+_CATEGORY_KEYS += ("mode",)
+MODES = ("review", "manual")
 _AGENT_KEYS: tuple[str, ...] = ("heartbeat_timeout", "breaker_window", "breaker_reject_ratio")
 _AGENT_KEYS += ("breaker_burst", "daily_count_cap", "daily_amount_cap")
 
@@ -83,6 +85,9 @@ class Category:
     policy: str
     ai_review: bool
     money: bool
+    # "manual": the category's work always goes to humans while the config says so (the server
+    # keeps a switch in the database to match, bot/control/switches.py apply_config_modes).
+    mode: str = "review"
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,14 @@ def _category(r: Reader, name: str, key: str, f: Fields) -> Category:
         policy=_or(r.typed(f, "policy", str), ""),
         ai_review=_or(r.typed(f, "ai_review", bool), True),
         money=_or(money, any(k in f for k in ("daily_amount_cap", "two_person_above", "max_amount"))),
+        mode=_or(r.parsed(f, "mode", _mode), "review"),
     )
+
+
+def _mode(text: str) -> str:
+    if text not in MODES:
+        raise ValueError(f'must be "review" or "manual", got {text!r}')
+    return text
 
 
 def _agent(r: Reader, f: Fields) -> AgentPolicy:
