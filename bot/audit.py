@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 
 from storage.db import transaction
 from storage.rawsql import AUDIT_LOCKED, RawCursor
-from storage.tables import AuditEvent
+from storage.tables import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
 
@@ -134,6 +134,7 @@ def append_many(session: Session, events: Sequence[Event]) -> None:
         )
         prev_hash = digest
     db.insert("audit_event", _COLUMNS, rows)
+    db.run("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev_hash))
 
 
 def append(
@@ -164,11 +165,20 @@ class Verification:
 def verify(engine: Engine, *, witness: tuple[int, str] | None = None) -> Verification:
     """Walk the chain from the first row; report the first row that does not fit.
 
-    The chain alone cannot show that its newest rows were deleted. `witness` is a head published
-    earlier (the digest prints one every day): its row must still be there with that hash.
+    The chain alone cannot show that its newest rows were deleted. The head recorded with every
+    append (`audit_head`) must still be in the chain, and so must `witness`, a head published
+    earlier (the digest prints one every day), which also holds when the recorded head was
+    rewritten too.
     """
     expected_seq, prev_hash, rows = 1, GENESIS, 0
     with transaction(engine, write=False) as session:
+        # Read before the walk: rows appended meanwhile come after it, never before.
+        recorded = session.execute(sa.select(col(AuditHead.seq), col(AuditHead.hash))).first()
+        if recorded is None:
+            return Verification(False, 0, 0, GENESIS, 0, "the recorded head (table audit_head) is missing")
+        heads = [((recorded[0], recorded[1]), "the log's recorded head")]
+        if witness is not None:
+            heads.append((witness, "the published head"))
         for event in session.exec(select(AuditEvent).order_by(AuditEvent.seq)).yield_per(1000):  # type: ignore[arg-type]
             rows += 1
             if event.seq != expected_seq:
@@ -188,14 +198,16 @@ def verify(engine: Engine, *, witness: tuple[int, str] | None = None) -> Verific
                 return Verification(
                     False, rows, event.seq - 1, prev_hash, event.seq, "row content does not match its hash"
                 )
-            if witness is not None and event.seq == witness[0] and event.hash != witness[1]:
-                return Verification(
-                    False, rows, event.seq - 1, prev_hash, event.seq, "row differs from the published head"
-                )
+            for (seq, digest), name in heads:
+                if event.seq == seq and event.hash != digest:
+                    return Verification(
+                        False, rows, event.seq - 1, prev_hash, event.seq, f"row differs from {name}"
+                    )
             expected_seq, prev_hash = event.seq + 1, event.hash
-    if witness is not None and witness[0] >= expected_seq:
-        problem = f"rows {expected_seq}..{witness[0]} are missing: the published head is gone"
-        return Verification(False, rows, expected_seq - 1, prev_hash, expected_seq, problem)
+    for (seq, _), name in reversed(heads):  # the published head first: it says more
+        if seq >= expected_seq:
+            problem = f"rows {expected_seq}..{seq} are missing: {name} (#{seq}) is gone"
+            return Verification(False, rows, expected_seq - 1, prev_hash, expected_seq, problem)
     return Verification(True, rows, expected_seq - 1, prev_hash)
 
 

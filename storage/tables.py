@@ -193,6 +193,19 @@ class AuditEvent(SQLModel, table=True):
     hash: str = Field(unique=True)
 
 
+class AuditHead(SQLModel, table=True):
+    """The newest audit row's sequence and hash, moved by every append in the same transaction:
+    when the newest rows of the log are deleted, the head still names the last of them, and
+    `audit verify` reports them missing (the chain alone could not tell)."""
+
+    __tablename__ = "audit_head"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="audit_head_one_row"),)
+
+    id: int = Field(default=1, primary_key=True, sa_column_kwargs={"autoincrement": False})
+    seq: int
+    hash: str
+
+
 class OutboxJob(SQLModel, table=True):
     """A durable outbound call (Slack, executor, callback) delivered by the outbox worker."""
 

@@ -20,11 +20,12 @@ from sqlalchemy.engine import Engine
 from bot import audit
 from storage import migrate
 from storage.db import create_db_engine, transaction
-from storage.tables import AuditEvent
+from storage.tables import AuditEvent, AuditHead
 
 ROOT = Path(__file__).resolve().parents[1]
 START = datetime(2026, 11, 20, 14, 30, 15, 123456, tzinfo=UTC)
 audit_t = AuditEvent.__table__  # type: ignore[attr-defined]
+head_t = AuditHead.__table__  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -143,17 +144,59 @@ def test_verify_names_the_gap_when_a_row_was_deleted(engine: Engine, seq: int) -
     assert result.problem == f"row {seq} is missing"
 
 
-def test_a_published_head_catches_the_newest_rows_deleted(engine: Engine) -> None:
+@pytest.mark.parametrize("first_deleted", [5, 4, 1])
+def test_the_recorded_head_catches_the_newest_rows_deleted(engine: Engine, first_deleted: int) -> None:
+    append_events(engine, 5)
+    tamper(engine, sa.delete(audit_t).where(audit_t.c.seq >= first_deleted))
+    result = audit.verify(engine)
+    assert not result.ok
+    assert result.problem == f"rows {first_deleted}..5 are missing: the log's recorded head (#5) is gone"
+
+
+def test_the_recorded_head_catches_the_newest_row_rewritten_with_its_hash_recomputed(engine: Engine) -> None:
+    append_events(engine, 3)
+    [last] = [row for row in rows(engine) if row["seq"] == 3]
+    forged = audit.row_hash(
+        seq=3,
+        at=last["at"],
+        actor="U0MALLORY",
+        action=last["action"],
+        subject=last["subject"],
+        before=last["before"],
+        after=last["after"],
+        outcome=last["outcome"],
+        prev_hash=last["prev_hash"],
+    )
+    tamper(engine, sa.update(audit_t).where(audit_t.c.seq == 3).values(actor="U0MALLORY", hash=forged))
+    result = audit.verify(engine)
+    assert (result.ok, result.bad_seq, result.problem) == (
+        False,
+        3,
+        "row differs from the log's recorded head",
+    )
+
+
+def test_verify_fails_when_the_recorded_head_itself_is_gone(engine: Engine) -> None:
+    append_events(engine, 2)
+    tamper(engine, sa.delete(head_t))
+    assert audit.verify(engine).problem == "the recorded head (table audit_head) is missing"
+
+
+def test_a_published_head_catches_the_newest_rows_deleted_when_the_recorded_head_was_rewritten_too(
+    engine: Engine,
+) -> None:
     append_events(engine, 5)
     published = audit.verify(engine)  # the digest prints this head
     witness = (published.head_seq, published.head_hash)
     assert audit.verify(engine, witness=witness).ok
     append_events(engine, 1, actor="U0CAROL")  # later rows are fine
     assert audit.verify(engine, witness=witness).ok
+    third = next(row for row in rows(engine) if row["seq"] == 3)
     tamper(engine, sa.delete(audit_t).where(audit_t.c.seq >= 4))
-    assert audit.verify(engine).ok  # the chain alone cannot tell
+    tamper(engine, sa.update(head_t).values(seq=3, hash=third["hash"]))
+    assert audit.verify(engine).ok  # the chain and a rewritten head alone cannot tell
     result = audit.verify(engine, witness=witness)
-    assert not result.ok and result.problem == "rows 4..5 are missing: the published head is gone"
+    assert not result.ok and result.problem == "rows 4..5 are missing: the published head (#5) is gone"
     assert not audit.verify(engine, witness=(3, "0" * 64)).ok  # a head that never was
 
 

@@ -380,9 +380,17 @@ def test_audit_verify_with_the_digests_head_catches_deleted_newest_rows(
     assert run(env, "audit", "verify", "--head", published).returncode == 0
     with runtime.engine.begin() as conn:
         conn.execute(sa.text(f"DELETE FROM audit_event WHERE seq = {seq}"))
-    assert run(env, "audit", "verify").returncode == 0  # the chain alone cannot tell
+    deleted = run(env, "audit", "verify")  # the head recorded with each append names it
+    assert deleted.returncode == 1 and "the log's recorded head" in deleted.stderr
+    with runtime.engine.begin() as conn:  # a thorough tamperer rewrites that head too
+        conn.execute(
+            sa.text(
+                f"UPDATE audit_head SET seq = seq - 1, hash = (SELECT hash FROM audit_event WHERE seq = {int(seq) - 1})"
+            )
+        )
+    assert run(env, "audit", "verify").returncode == 0  # the log alone can then not tell
     cut = run(env, "audit", "verify", "--head", published)
-    assert cut.returncode == 1 and "the published head is gone" in cut.stderr
+    assert cut.returncode == 1 and "the published head" in cut.stderr and "is gone" in cut.stderr
     assert run(env, "audit", "verify", "--head", "#2 short").returncode == 2
 
 

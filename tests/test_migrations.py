@@ -65,3 +65,21 @@ def test_0006_drops_the_unused_event_table_and_its_downgrade_brings_it_back(engi
     assert "slack_event_seen" not in sa.inspect(engine).get_table_names()
     _alembic(engine, "downgrade", "0005")
     assert "slack_event_seen" in sa.inspect(engine).get_table_names()
+
+
+def test_0007_records_the_logs_head_as_it_was(engine: Engine) -> None:
+    _alembic(engine, "upgrade", "0006")
+    with engine.begin() as conn:
+        for seq, digest in ((1, "a" * 64), (2, "b" * 64)):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO audit_event (seq, at, actor, action, subject, before, after, outcome, prev_hash, hash)"
+                    " VALUES (:seq, :at, 'a', 'x', 's', 'null', 'null', 'ok', :prev, :hash)"
+                ),
+                {"seq": seq, "at": "2026-11-24 15:00:00.000000", "prev": "0" * 64, "hash": digest},
+            )
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT id, seq, hash FROM audit_head")).all() == [(1, 2, "b" * 64)]
+    _alembic(engine, "downgrade", "0006")
+    assert "audit_head" not in sa.inspect(engine).get_table_names()

@@ -434,7 +434,7 @@ def test_check_config_returns_one_problem_when_the_file_is_not_utf8(tmp_path: Pa
         ("postgresql+asyncpg://u:p@db/cs", "psycopg 3"),
         ("sqlite://", "SQLite needs a file"),
         ("sqlite:///:memory:", "SQLite needs a file"),
-        ("postgresql://u:secret@db:port/cs", "not a database URL"),
+        ("postgresql://u:secret@db:port/cs", "does not parse"),
         ("mysql://u@db/cs", "expected sqlite:///PATH"),
     ],
 )

@@ -105,7 +105,7 @@ def _database_url_problem(url: str) -> str | None:
         parsed = make_url(url)
         parsed.port  # noqa: B018 - raises on a port that is not a number
     except (ArgumentError, ValueError):
-        return f"not a database URL: {_DATABASE_URL_FORMS}"
+        return f"{_DATABASE_URL_FORMS} (this one does not parse)"
     if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
         if not parsed.database or parsed.database == ":memory:":
             return "SQLite needs a file: sqlite:///PATH (an in-memory database would vanish with the process)"
