@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from slack_sdk.signature import SignatureVerifier
 
-from bot import decisions, digest, logs, reads, retention, slack, watchdogs
+from bot import decisions, digest, logs, retention, slack, threads, watchdogs
 from bot import slack_app as slack_app_module
 from bot.agents import TokenCache
 from bot.aireview import AIReviewJobs
@@ -46,7 +46,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = await reads.read(request.app[METRICS].render)
+    body = await threads.read(request.app[METRICS].render)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -79,7 +79,7 @@ async def readyz(request: web.Request) -> web.Response:
         return migrate.is_current(rt.engine)
 
     try:
-        current = await reads.read(check)
+        current = await threads.read(check)
     except Exception as exc:
         return web.json_response({"ok": False, "database": f"unreachable: {type(exc).__name__}"}, status=503)
     if not current:
@@ -180,6 +180,7 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
     async def background(app: web.Application) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[None]] = []
         stop = asyncio.Event()
+        threads.use_work_pool(asyncio.get_running_loop())
         await rules.start()
         intake_task = asyncio.create_task(writer.run(), name="intake")
         if options.run_workers:

@@ -14,7 +14,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 
-from bot import agents, drafts, intake, reads
+from bot import agents, drafts, intake, threads
 from bot.errors import (
     BadRequest,
     CountersignError,
@@ -111,7 +111,7 @@ async def _authenticated(request: web.Request, *, cached: bool) -> tuple[Agent, 
     token_hash = agents.hash_token(token)
     agent = cache.get(token_hash) if cached else None
     if agent is None:
-        agent = await reads.read(agents.authenticate, rt, token)
+        agent = await threads.read(agents.authenticate, rt, token)
         cache.put(token_hash, agent)
     wait = request.app[LIMITER].take(agent.id)  # type: ignore[arg-type]
     if wait:
@@ -206,11 +206,11 @@ async def get_draft(request: web.Request) -> web.Response:
     wait = _wait_seconds(request)
     deadline = time.monotonic() + wait
     while wait and time.monotonic() < deadline:
-        status = await reads.read(drafts.status_of, rt, agent=agent, draft_id=draft_id)
+        status = await threads.read(drafts.status_of, rt, agent=agent, draft_id=draft_id)
         if status != "pending":
             break
         await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
-    view = await reads.read(drafts.get, rt, agent=agent, draft_id=draft_id)
+    view = await threads.read(drafts.get, rt, agent=agent, draft_id=draft_id)
     return web.json_response(view)
 
 
@@ -236,7 +236,7 @@ async def post_done(request: web.Request) -> web.Response:
 
 async def get_me(request: web.Request) -> web.Response:
     agent = await _agent(request)
-    return web.json_response(await reads.read(agents.me, request.app[RUNTIME], agent=agent))
+    return web.json_response(await threads.read(agents.me, request.app[RUNTIME], agent=agent))
 
 
 async def post_heartbeat(request: web.Request) -> web.Response:

@@ -125,14 +125,14 @@ def agent_rows_held(db_url: str) -> Iterator[None]:
             conn.rollback()
 
 
-WAITING_WRITES = 16  # more than the event loop's default thread pool holds on any host this runs on
+WAITING_WRITES = 16  # more than the server's default thread pool holds (bot/threads.py WORK_THREADS)
 
 
 async def test_reads_answer_while_writes_wait_on_a_held_lock(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Writes waiting on the lock fill the default thread pool; the agent API's reads, /metrics and
-    # /readyz have threads of their own (bot/reads.py), so they answer while the lock is still held.
+    # /readyz have threads of their own (bot/threads.py), so they answer while the lock is still held.
     monkeypatch.setattr(db, "LOCK_WAIT_MS", 20_000)
     async with harness(db_url, tmp_path) as h:
         draft = await h.submit(category="reply", summary="s", body="hello")
