@@ -355,7 +355,12 @@ def audit_verify(
 
 @audit_app.command("export")
 def audit_export(
-    since: Annotated[str | None, typer.Option(help="Only events at or after this date (YYYY-MM-DD).")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only events at or after this date (YYYY-MM-DD) or ISO 8601 datetime; UTC unless it has an offset."
+        ),
+    ] = None,
     format: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
 ) -> None:
     """Write the audit log to stdout."""
