@@ -32,6 +32,15 @@ class Usage:
     def check(self) -> policy.CapCheck:
         return policy.CapCheck(self.count_cap, self.amount_cap_minor, self.count_used, self.amount_used_minor)
 
+    def peak(self) -> float:
+        """The fuller of the two caps, as a fraction of it (0.0 with no cap)."""
+        ratios = []
+        if self.count_cap:
+            ratios.append(self.count_used / self.count_cap)
+        if self.amount_cap_minor:
+            ratios.append(self.amount_used_minor / self.amount_cap_minor)
+        return max(ratios, default=0.0)
+
     def describe(self) -> str:
         """One line for Slack and refusals, e.g. `3/20 today · 90.00/500.00 USD`."""
         parts = [f"{self.count_used}/{self.count_cap if self.count_cap is not None else '∞'} today"]

@@ -155,6 +155,13 @@ def mark_cap_alert(session: Session, scope: str, day: str, column: str) -> bool:
     return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
 
+def rearm_cap_alerts(session: Session, scope: str, day: str, *, below_80: bool, below_100: bool) -> None:
+    """Clear the alert flags whose threshold today's usage is below again (a raised cap)."""
+    values = {name: False for name, below in (("alerted_80", below_80), ("alerted_100", below_100)) if below}
+    if values:
+        session.execute(sa.update(cap_t).where(cap_t.c.scope == scope, cap_t.c.day == day).values(values))
+
+
 def get_control(session: Session, key: str) -> dict[str, Any] | None:
     row = session.execute(sa.select(control_t.c.value).where(control_t.c.key == key)).first()
     return json.loads(row[0]) if row else None

@@ -201,6 +201,20 @@ async def test_approval_over_the_cap_is_refused_with_usage_and_alerts_fire_once(
     assert "90.00/100.00 USD" in await h.command("U0ALICE", "caps")
 
 
+async def test_a_raised_cap_alerts_again_when_it_is_reached_and_never_says_80_at_100(h: Harness) -> None:
+    await h.command("U0ADMIN", "cap refund count=2")
+    drafts = [await h.submit(summary=f"r{n}") for n in range(3)]
+    for draft in drafts[:2]:
+        await h.click("U0ALICE", ids.APPROVE, draft["id"])
+        await h.status(draft["id"], "executed")
+    await eventually(lambda: [a for a in h.alerts() if "has reached today's cap: 2/2" in a])
+    await h.command("U0ADMIN", "cap refund count=3")
+    await h.click("U0ALICE", ids.APPROVE, drafts[2]["id"])
+    await h.status(drafts[2]["id"], "executed")
+    await eventually(lambda: [a for a in h.alerts() if "has reached today's cap: 3/3" in a])
+    assert [a for a in h.alerts() if "passed 80%" in a] == []  # 1/2 → 2/2 → 3/3: never at 80–99%
+
+
 async def test_a_command_with_a_nul_character_changes_nothing(h: Harness) -> None:
     assert "NUL" in await h.command("U0ALICE", "pause support-bot bad\x00reason")
     assert (await h.submit(summary="still flowing"))["status"] == "pending"

@@ -379,6 +379,11 @@ class Switches:
                 after=after,
             )
             usage = caps.usage(session, self.rt.config, category, now)
+            # Under a raised cap, passing 80% and reaching it are news again.
+            peak = usage.peak()
+            queries.rearm_cap_alerts(
+                session, caps.scope(category_name), day, below_80=peak < 0.8, below_100=peak < 1.0
+            )
             _announce(
                 session,
                 self.rt,

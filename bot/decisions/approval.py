@@ -271,27 +271,24 @@ def _first_approval(
 
 
 def _cap_alerts(session: Session, rt: Runtime, category: Category, usage: caps.Usage, now: datetime) -> None:
-    """Alert once per day when a cap crosses 80% and when it reaches 100%."""
-    ratios = []
-    if usage.count_cap:
-        ratios.append(usage.count_used / usage.count_cap)
-    if usage.amount_cap_minor:
-        ratios.append(usage.amount_used_minor / usage.amount_cap_minor)
-    peak = max(ratios, default=0.0)
-    for threshold, column in ((1.0, "alerted_100"), (0.8, "alerted_80")):
-        if peak >= threshold and queries.mark_cap_alert(
-            session, caps.scope(category.name), usage.day, column
-        ):
-            level = "reached" if threshold == 1.0 else "passed 80% of"
-            queries.enqueue(
-                session,
-                "slack.alert",
-                {
-                    "text": f":bar_chart: Category *{category.name}* has {level} today's cap: {usage.describe()}."
-                },
-                now=now,
-            )
-            break
+    """Alert once per day (and cap, after an admin raises it) when a cap passes 80% and when it is
+    reached; reaching it at one step passes 80% silently."""
+    peak, scope = usage.peak(), caps.scope(category.name)
+    if peak >= 1.0:
+        reached = queries.mark_cap_alert(session, scope, usage.day, "alerted_100")
+        queries.mark_cap_alert(session, scope, usage.day, "alerted_80")
+        level = "reached" if reached else None
+    elif peak >= 0.8 and queries.mark_cap_alert(session, scope, usage.day, "alerted_80"):
+        level = "passed 80% of"
+    else:
+        level = None
+    if level:
+        queries.enqueue(
+            session,
+            "slack.alert",
+            {"text": f":bar_chart: Category *{category.name}* has {level} today's cap: {usage.describe()}."},
+            now=now,
+        )
 
 
 def edit_diff(before: str, after: str, user: str) -> str:
