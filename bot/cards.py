@@ -93,6 +93,7 @@ def load_card(rt: Runtime, draft_id: str) -> tuple[DraftCard, Placement] | None:
         agent_paused=bool(agent and agent.state == "paused") or "pause:all" in controls,
         category_manual=policy.is_manual(controls.get(f"mode:{draft.category}"), now),
         manual_by_config=(controls.get(f"mode:{draft.category}") or {}).get("by") == policy.SET_BY_CONFIG,
+        has_executor=category.executor is not None,
         expires_at=draft.expires_at if draft.status == "pending" else None,
         # Expiry stamps decided_at; a withdrawal only updated_at (which only an AI review already
         # under way when the agent withdrew can move later).

@@ -106,6 +106,7 @@ class DraftCard:
     expires_at: datetime | None = None
     agent_body: str | None = None  # the agent's own text, when a first approver's edit is now `body`
     ended_at: datetime | None = None  # when it expired or was withdrawn: no decision row says so
+    has_executor: bool = True  # Retry sends the action to the category's executor again
 
 
 STATUS_LINE = {
@@ -306,7 +307,7 @@ def _footer(card: DraftCard) -> list[Block]:
             line += f" — {escape(card.execution_error)[:300]}"
         lines.append(line)
     blocks = [SectionBlock(text=MarkdownTextObject(text="\n".join(lines)[:SECTION_LIMIT]))]
-    if card.status in ("failed", "needs_reconciliation"):
+    if card.status in ("failed", "needs_reconciliation") and card.has_executor:
         blocks.append(
             ActionsBlock(
                 block_id=f"retry:{card.id}",

@@ -274,3 +274,22 @@ def test_an_approved_card_held_by_manual_mode_says_what_ends_the_hold(by_config:
         CARD, category="refund", status="approved", category_manual=True, manual_by_config=by_config
     )
     assert "this approved action is held, not carried out, " + until in text_of(draft_blocks(card))
+
+
+@pytest.mark.parametrize(
+    ("status", "has_executor", "retry"),
+    [
+        ("failed", True, True),
+        ("needs_reconciliation", True, True),
+        ("failed", False, False),  # the agent reported it failed: there is no executor to send it to again
+        ("executed", True, False),
+    ],
+)
+def test_retry_is_offered_only_where_an_executor_can_take_the_action_again(
+    status: str, has_executor: bool, retry: bool
+) -> None:
+    card = replace(CARD, status=status, has_executor=has_executor, execution_status="failed")
+    actions = [
+        e.get("action_id") for b in draft_blocks(card) if b.type == "actions" for e in b.to_dict()["elements"]
+    ]
+    assert (ids.RETRY in actions) is retry
