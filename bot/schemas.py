@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
+from bot.risk.text import visible_form
+
 SLACK_USER_RE = re.compile(r"[UW][A-Z0-9]{2,20}")
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 CURRENCY_RE = re.compile(r"[A-Z]{3}")
@@ -40,6 +42,12 @@ def clean_text(value: str) -> str:
     except UnicodeEncodeError:
         raise ValueError("must be valid Unicode (lone surrogate found)") from None
     return value
+
+
+def is_blank(value: str) -> bool:
+    """Nothing a reader would see: whitespace, or only invisible marks (zero-width spaces,
+    direction marks, soft hyphens) around it."""
+    return not visible_form(value).strip()
 
 
 Text = Annotated[StrictStr, Field(max_length=MAX_TEXT)]
@@ -81,7 +89,7 @@ class DraftIn(BaseModel):
     @field_validator("summary")
     @classmethod
     def _summary(cls, value: str) -> str:
-        if not value.strip():
+        if is_blank(value):
             raise ValueError("must not be blank")
         return value
 

@@ -10,7 +10,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.errors import DecisionRefused
 from bot.review import EditForm, parse_value
-from bot.schemas import clean_text
+from bot.schemas import clean_text, is_blank
 from handlers import ids
 from handlers.context import ack_when_done, errors_after_ack_logged, services
 
@@ -51,7 +51,7 @@ async def edit_submitted(
         clean_text(text)
     except ValueError as exc:
         errors[ids.EDIT_BODY_BLOCK] = str(exc)
-    if not text.strip():
+    if is_blank(text):
         errors[ids.EDIT_BODY_BLOCK] = "The reply cannot be empty."
     try:
         meta = _meta(view)
@@ -99,7 +99,7 @@ async def reject_submitted(
     except (DecisionRefused, ValueError) as exc:
         await ack(response_action="errors", errors={ids.REJECT_REASON_BLOCK: str(exc)})
         return
-    if not reason.strip():
+    if is_blank(reason):
         await ack(response_action="errors", errors={ids.REJECT_REASON_BLOCK: "A reason is required."})
         return
     user = body["user"]["id"]

@@ -91,6 +91,12 @@ async def test_unknown_category_gets_422(api: Api) -> None:
     assert status == 422 and body["error"]["field"] == "category"
 
 
+@pytest.mark.parametrize("summary", ["", "   ", "\u200b", "\u200e\u00ad\ufeff"])
+async def test_a_summary_with_nothing_visible_gets_422(api: Api, summary: str) -> None:
+    status, body = await submit(api, REFUND | {"summary": summary})
+    assert status == 422 and body["error"]["field"] == "summary"
+
+
 @pytest.mark.parametrize(
     "extra",
     [{"status": "approved"}, {"approved_by": "U0ALICE"}, {"id": "d_x"}, {"executed_at": "now"}, {"cap": 1}],

@@ -87,15 +87,33 @@ async def test_edit_opens_a_prefilled_modal_and_approves_the_edited_text(h: Harn
     )
 
 
+async def test_an_edit_to_nothing_visible_is_refused_and_the_modal_stays_open(h: Harness) -> None:
+    created = await h.submit()
+    await h.click("U0BOB", ids.EDIT, created["id"])
+    opened = await eventually(lambda: h.slack.calls("views.open"))
+    meta = opened[0].params["view"]["private_metadata"]
+    for blank in ("  ", "\u200b", "\ufeff\u200d"):
+        status, body = await h.submit_view("U0BOB", ids.EDIT_MODAL, meta, edit_values(blank))
+        assert status == 200 and json.loads(body)["errors"] == {
+            ids.EDIT_BODY_BLOCK: "The reply cannot be empty."
+        }
+    assert (await h.draft(created["id"]))["status"] == "pending"
+
+
 async def test_reject_requires_a_reason_and_returns_it_to_the_agent(h: Harness) -> None:
     created = await h.submit(callback_url=h.callbacks.url + "/hook")
     await h.click("U0ALICE", ids.REJECT, created["id"])
     opened = await eventually(lambda: h.slack.calls("views.open"))
     meta = opened[0].params["view"]["private_metadata"]
 
-    empty = {ids.REJECT_REASON_BLOCK: {ids.REJECT_REASON_INPUT: {"type": "plain_text_input", "value": "  "}}}
-    status, body = await h.submit_view("U0ALICE", ids.REJECT_MODAL, meta, empty)
-    assert status == 200 and json.loads(body)["response_action"] == "errors"
+    for blank in ("  ", "\u200b", " \u200e\u00ad "):  # nothing the agent would read
+        empty = {
+            ids.REJECT_REASON_BLOCK: {ids.REJECT_REASON_INPUT: {"type": "plain_text_input", "value": blank}}
+        }
+        status, body = await h.submit_view("U0ALICE", ids.REJECT_MODAL, meta, empty)
+        assert status == 200 and json.loads(body)["errors"] == {
+            ids.REJECT_REASON_BLOCK: "A reason is required."
+        }
     assert (await h.draft(created["id"]))["status"] == "pending"
 
     reason = {

@@ -26,6 +26,7 @@ from bot.decisions.outcomes import (
 from bot.drafts import record_change
 from bot.errors import DecisionRefused
 from bot.runtime import Runtime
+from bot.schemas import is_blank
 from storage import queries
 from storage.db import transaction
 from storage.tables import Agent, Decision, Draft
@@ -45,7 +46,7 @@ def reject(
 ) -> Outcome:
     """Reject a pending draft with a reason the agent reads."""
     reason = reason.strip()
-    if not reason:
+    if is_blank(reason):
         raise DecisionRefused("A reason is required.")
     try:
         with transaction(rt.engine, audited=True) as session:
