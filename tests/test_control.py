@@ -215,6 +215,41 @@ async def test_a_raised_cap_alerts_again_when_it_is_reached_and_never_says_80_at
     assert [a for a in h.alerts() if "passed 80%" in a] == []  # 1/2 → 2/2 → 3/3: never at 80–99%
 
 
+def _events(h: Harness, action: str) -> list[tuple[str, str]]:
+    with h.rt.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text('SELECT actor, "after" FROM audit_event WHERE action = :a ORDER BY seq'), {"a": action}
+        ).all()
+    return [(str(actor), str(after)) for actor, after in rows]
+
+
+async def test_review_of_a_category_in_review_mode_changes_and_announces_nothing(h: Harness) -> None:
+    await h.command("U0BOB", "manual refund")
+    assert "back in review mode" in await h.command("U0ADMIN", "review refund")
+    assert "already in review mode. Nothing was changed." in await h.command("U0ADMIN", "review refund")
+    assert len(_events(h, "category.review")) == 1
+    await eventually(lambda: [a for a in h.alerts() if "returned *refund* to review" in a])
+    assert sum("returned *refund* to review" in a for a in h.alerts()) == 1
+
+
+async def test_resume_and_review_keep_the_reason_given_and_show_it_escaped(h: Harness) -> None:
+    await h.command("U0BOB", "pause support-bot")
+    await h.command("U0BOB", "manual reply")
+    await h.command("U0ADMIN", "resume support-bot fixed the <!channel> prompt")
+    await h.command("U0ADMIN", "review reply queue drained")
+    assert _events(h, "agent.resumed") == [("slack:U0ADMIN", '{"reason":"fixed the <!channel> prompt"}')]
+    assert _events(h, "category.review") == [("slack:U0ADMIN", '{"reason":"queue drained"}')]
+    resumed = await eventually(lambda: [a for a in h.alerts() if "resumed *support-bot*" in a])
+    assert "fixed the &lt;!channel&gt; prompt" in resumed[0] and "<!channel>" not in resumed[0]
+    await eventually(lambda: [a for a in h.alerts() if "to review mode: queue drained" in a])
+
+
+async def test_a_duration_split_in_two_words_is_refused_not_cut_short(h: Harness) -> None:
+    answer = await h.command("U0BOB", "manual reply 1h 30m")
+    assert "Write the duration as one word, like `1h30m`" in answer
+    assert (await h.submit(category="reply", summary="s", body="b"))["status"] == "pending"
+
+
 async def test_a_command_with_a_nul_character_changes_nothing(h: Harness) -> None:
     assert "NUL" in await h.command("U0ALICE", "pause support-bot bad\x00reason")
     assert (await h.submit(summary="still flowing"))["status"] == "pending"

@@ -990,8 +990,9 @@ class ReviewLoop(RuleBasedStateMachine):
 
     def _review(self, category: str) -> None:
         self.control().review("U0ADMIN", [category])
-        self.set_mode(category, None)
-        self.event("category.review", f"category:{category}")
+        if self.modes[category] is not None:  # in review mode already: nothing changes or is audited
+            self.set_mode(category, None)
+            self.event("category.review", f"category:{category}")
 
     def _cap(self, category: str, count: int | None, amount: str | None) -> None:
         args = [category]

@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 HELP = """*`/agent` — Countersign controls*
 • `/agent status` — agents, categories, pending work
 • `/agent pause <agent|all> [reason]` — stop an agent now (any reviewer)
-• `/agent resume <agent|all>` — let it work again (admins)
+• `/agent resume <agent|all> [reason]` — let it work again (admins)
 • `/agent manual <category> [duration, e.g. 2h]` — route a category to humans (any reviewer)
-• `/agent review <category>` — back to review mode (admins)
+• `/agent review <category> [reason]` — back to review mode (admins)
 • `/agent caps` — today's cap usage
 • `/agent cap <category> [count=N] [amount=X]` — change today's caps (admins)
 • `/agent help` — this text"""

@@ -136,6 +136,16 @@ def _shortens(current: dict[str, Any] | None, until: datetime | None, now: datet
 REASON_CHARS = 500  # of a pause's reason, in its alert and replies (the audit log keeps it whole)
 
 
+def _reason(words: list[str]) -> str | None:
+    """The free text after a command's arguments, kept whole for the audit log."""
+    return " ".join(words) or None
+
+
+def _said(reason: str | None) -> str:
+    """`: reason`, escaped and cut for Slack, or nothing."""
+    return f": {escape_cut(reason, REASON_CHARS)}" if reason else ""
+
+
 def _who(by: str | None) -> str:
     return f"<@{by}>" if by and SLACK_USER.fullmatch(by) else escape(by or "someone")
 
@@ -238,10 +248,18 @@ class Switches:
                     mine = " on its own" if held else ""
                     return f"Nothing to resume: *{target}* is not paused{mine}.{held}"
                 note = held + note
+            why = _reason(args[1:])
             audit.append(
-                session, at=now, actor=f"slack:{user}", action="agent.resumed", subject=f"agent:{target}"
+                session,
+                at=now,
+                actor=f"slack:{user}",
+                action="agent.resumed",
+                subject=f"agent:{target}",
+                after={"reason": why} if why else None,
             )
-            _announce(session, self.rt, f":arrow_forward: <@{user}> resumed *{target}*.{note}", now)
+            _announce(
+                session, self.rt, f":arrow_forward: <@{user}> resumed *{target}*{_said(why)}.{note}", now
+            )
         self.rt.wake_outbox()
         return f":arrow_forward: Resumed *{target}*.{note}"
 
@@ -257,6 +275,10 @@ class Switches:
             raise refused
         until: datetime | None = None
         now = self.rt.clock()
+        if len(args) > 2:
+            raise Refused(
+                "Write the duration as one word, like `1h30m`: `/agent manual <category> [duration]`."
+            )
         if len(args) > 1:
             try:
                 until = now + parse_duration(args[1])
@@ -299,17 +321,23 @@ class Switches:
         if refused := _set_by_config(self.rt, category):
             raise refused
         now = self.rt.clock()
+        why = _reason(args[1:])
         with transaction(self.rt.engine, audited=True) as session:
-            queries.set_control(session, f"mode:{category}", None, by=user, at=now)
+            if not queries.drop_control(session, f"mode:{category}"):
+                return f"*{category}* is already in review mode. Nothing was changed."
             audit.append(
                 session,
                 at=now,
                 actor=f"slack:{user}",
                 action="category.review",
                 subject=f"category:{category}",
+                after={"reason": why} if why else None,
             )
             _announce(
-                session, self.rt, f":white_check_mark: <@{user}> returned *{category}* to review mode.", now
+                session,
+                self.rt,
+                f":white_check_mark: <@{user}> returned *{category}* to review mode{_said(why)}.",
+                now,
             )
             _refresh_pending(session, now, category=category)
         self.rt.wake_outbox()
