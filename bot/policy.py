@@ -149,6 +149,19 @@ class Reviewer:
     is_guest: bool = False
 
 
+REQUESTER_REFUSED = "You requested this action, so someone else has to approve it."
+FIRST_APPROVER_AGAIN = "You gave the first approval; a second, different reviewer has to approve."
+
+
+def refusal_to_approve(user: str, *, requested_by: str | None, first_approver: str | None) -> str | None:
+    """Why a reviewer may not approve this draft (beyond refusal_to_decide), or None."""
+    if requested_by is not None and user == requested_by:
+        return REQUESTER_REFUSED
+    if first_approver is not None and user == first_approver:
+        return FIRST_APPROVER_AGAIN
+    return None
+
+
 def refusal_to_decide(
     reviewer: Reviewer, *, reviewers: frozenset[str], requested_by: str | None
 ) -> str | None:
@@ -158,5 +171,5 @@ def refusal_to_decide(
     if reviewer.user_id not in reviewers:
         return "You are not a reviewer for this category."
     if requested_by is not None and reviewer.user_id == requested_by:
-        return "You requested this action, so someone else has to approve it."
+        return REQUESTER_REFUSED
     return None

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot import decisions, manual, policy
 from bot.decisions import Outcome
+from bot.decisions.outcomes import control_refusal
 from bot.errors import DecisionRefused
 from bot.metrics import Metrics
 from bot.runtime import Runtime
@@ -119,7 +120,19 @@ class Reviewing:
         too_long = policy.too_long_to_edit(draft.body)
         if too_long:
             raise DecisionRefused(too_long)
+        # Submitting the modal approves: refuse now what the approval would refuse after the
+        # reviewer's work (the approval checks all of it again in its transaction).
+        refusal = policy.refusal_to_approve(
+            user, requested_by=draft.requested_by, first_approver=draft.first_approver
+        )
+        blocked = refusal or await asyncio.to_thread(self._blocked, draft)
+        if blocked:
+            raise DecisionRefused(blocked)
         return draft, category
+
+    def _blocked(self, draft: Draft) -> str | None:
+        with transaction(self.rt.engine, write=False) as session:
+            return control_refusal(session, draft, self.rt.clock())
 
     @fail_closed
     async def draft_for_review(self, *, user: str, value: str) -> tuple[Draft, Category]:

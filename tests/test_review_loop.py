@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import col
 
-from bot import agents
+from bot import agents, policy
 from bot.slack_app import DenialLog
 from handlers import ids
 from storage.tables import AuditEvent, Draft
@@ -85,6 +85,32 @@ async def test_edit_opens_a_prefilled_modal_and_approves_the_edited_text(h: Harn
         "edited the draft" in threads[0].params["text"]
         and "+Hi Dana, we refunded" in threads[0].params["text"]
     )
+
+
+async def test_edit_is_refused_at_the_click_when_submitting_it_would_be_refused(h: Harness) -> None:
+    # No modal to fill in for nothing: the requester, and a paused agent's draft (Reject still opens).
+    asked = await h.submit(requested_by="U0BOB")
+    waiting = await h.submit(summary="second")
+    await h.click("U0BOB", ids.EDIT, asked["id"])
+    await eventually(lambda: [t for t in h.ephemeral_texts() if "You requested this action" in t])
+    await h.command("U0BOB", "pause support-bot")
+    await h.click("U0ALICE", ids.EDIT, waiting["id"])
+    await eventually(lambda: [t for t in h.ephemeral_texts() if "The agent is paused" in t])
+    assert h.slack.calls("views.open") == []
+    await h.click("U0ALICE", ids.REJECT, waiting["id"])
+    opened = await eventually(lambda: h.slack.calls("views.open"))
+    assert opened[0].params["view"]["callback_id"] == ids.REJECT_MODAL
+
+
+def test_a_first_approver_may_not_approve_again_nor_a_requester_at_all() -> None:
+    assert (
+        policy.refusal_to_approve("U0A", requested_by="U0A", first_approver=None) == policy.REQUESTER_REFUSED
+    )
+    assert (
+        policy.refusal_to_approve("U0A", requested_by=None, first_approver="U0A")
+        == policy.FIRST_APPROVER_AGAIN
+    )
+    assert policy.refusal_to_approve("U0A", requested_by="U0B", first_approver="U0C") is None
 
 
 async def test_an_edit_to_nothing_visible_is_refused_and_the_modal_stays_open(h: Harness) -> None:

@@ -138,7 +138,7 @@ def _approve_in(
     if needs_two and draft.first_approver is None:
         return _first_approval(session, rt, draft, user, action, body_after, amount_minor, now)
     if needs_two and draft.first_approver == user:
-        raise DecisionRefused("You gave the first approval; a second, different reviewer has to approve.")
+        raise DecisionRefused(policy.FIRST_APPROVER_AGAIN)
     if needs_two and (body_after, amount_minor) != (draft.body, draft.amount_minor):
         # Nobody else has seen the edited version: the editor's approval becomes the first one on it.
         return _first_approval(session, rt, draft, user, action, body_after, amount_minor, now)
