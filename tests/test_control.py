@@ -250,6 +250,20 @@ async def test_a_duration_split_in_two_words_is_refused_not_cut_short(h: Harness
     assert (await h.submit(category="reply", summary="s", body="b"))["status"] == "pending"
 
 
+async def test_status_counts_drafts_slack_has_not_taken_after_a_minute(h: Harness) -> None:
+    h.slack.fail("chat.postMessage", status=200, error="not_in_channel", channel="C0SUPPORT")
+    lost = await h.submit(category="reply", summary="s", body="Your order ships Monday.")
+    posted = await h.submit()
+    await h.posted(posted["id"])
+    await eventually(lambda: [a for a in h.alerts() if "not_in_channel" in a])
+    assert "not yet posted" not in await h.command("U0ALICE", "status")  # under a minute: in flight
+    h.clock.advance(minutes=2)
+    assert "*Also open*: 1 not yet posted to Slack (see the alerts channel)" in await h.command(
+        "U0ALICE", "status"
+    )
+    assert (await h.draft(lost["id"]))["status"] == "pending"
+
+
 async def test_a_command_with_a_nul_character_changes_nothing(h: Harness) -> None:
     assert "NUL" in await h.command("U0ALICE", "pause support-bot bad\x00reason")
     assert (await h.submit(summary="still flowing"))["status"] == "pending"

@@ -43,6 +43,7 @@ class CategoryRow:
     fill: float | None = None  # the most used of its caps, count or amount, as a fraction
 
 
+NOT_IN_SLACK_AFTER = timedelta(minutes=1)
 UNFINISHED = {
     "approved": "approved, awaiting execution",
     "manual": "in the manual queue",
@@ -65,6 +66,9 @@ class Home:
     # Drafts past review but not finished, by status: approved (awaiting execution), manual
     # (in the human queue), needs_reconciliation.
     unfinished: dict[str, int] = field(default_factory=dict)
+    # Pending or manual drafts Slack has not taken for longer than NOT_IN_SLACK_AFTER: nobody can
+    # see them to review (Slack down, or the bot not invited to the channel; the alerts say which).
+    not_in_slack: int = 0
 
     def unfinished_text(self) -> str | None:
         """`2 approved, awaiting execution · 1 needs reconciliation`; None when there is none."""
@@ -73,6 +77,8 @@ class Home:
             for status, label in UNFINISHED.items()
             if self.unfinished.get(status)
         ]
+        if self.not_in_slack:
+            parts.append(f"{self.not_in_slack} not yet posted to Slack (see the alerts channel)")
         return " · ".join(parts) or None
 
     @classmethod
@@ -140,6 +146,13 @@ class Overview:
                 .where(col(Draft.status).in_(list(UNFINISHED)))
                 .group_by(Draft.status)
             ).all()
+            not_in_slack = session.execute(
+                sa.select(sa.func.count()).where(
+                    col(Draft.status).in_(["pending", "manual"]),
+                    col(Draft.slack_ts).is_(None),
+                    col(Draft.created_at) < now - NOT_IN_SLACK_AFTER,
+                )
+            ).scalar_one()
         oldest_at = oldest
         all_paused = "pause:all" in controls
         return Home(
@@ -153,6 +166,7 @@ class Overview:
             oldest_pending=oldest_at,
             now=now,
             unfinished={str(status): int(count) for status, count in unfinished},
+            not_in_slack=int(not_in_slack),
         )
 
     def status(self) -> str:
