@@ -96,6 +96,26 @@ def agent_scope(agent: str) -> str:
     return f"agent:{agent}"
 
 
+def agent_usage(session: Session, config: Config, category: Category, agent: str, day: str) -> Usage:
+    """Today's usage of an agent's own caps ([agents.NAME]), in `category`'s currency as `reserve`
+    counts it."""
+    tuning = config.agent_policy(agent)
+    exponent = currency_exponent(category.currency)
+    count_used, amount_used = queries.cap_usage(session, agent_scope(agent), day)
+    return Usage(
+        category=category.name,
+        day=day,
+        currency=category.currency,
+        exponent=exponent,
+        count_cap=tuning.daily_count_cap,
+        amount_cap_minor=None
+        if tuning.daily_amount_cap is None
+        else policy.to_minor(tuning.daily_amount_cap, exponent),
+        count_used=count_used,
+        amount_used_minor=amount_used,
+    )
+
+
 def reserve(
     session: Session, config: Config, category: Category, *, agent: str, day: str, amount_minor: int
 ) -> str | None:

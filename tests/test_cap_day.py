@@ -116,7 +116,7 @@ def test_an_agents_own_daily_cap_holds_across_categories(
             decisions.approve(
                 rt, draft_id=draft_id, version=1, user="U0ALICE", reviewers=reviewers, reviewer=alice
             )
-        with pytest.raises(DecisionRefused, match="support-bot's own daily cap"):
+        with pytest.raises(DecisionRefused, match=r"support-bot's own daily cap \(2/2 today\)"):
             decisions.approve(
                 rt, draft_id=ids[2], version=1, user="U0ALICE", reviewers=reviewers, reviewer=alice
             )

@@ -153,7 +153,10 @@ def _approve_in(
         usage = caps.usage(session, rt.config, category, now)
         raise CapRefused(f"Approving would exceed today's cap ({usage.describe()}). The draft stays pending.")
     if refused == "agent":
-        raise CapRefused(f"Approving would exceed {agent_name}'s own daily cap. The draft stays pending.")
+        usage = caps.agent_usage(session, rt.config, category, agent_name, day)
+        raise CapRefused(
+            f"Approving would exceed {agent_name}'s own daily cap ({usage.describe()}). The draft stays pending."
+        )
     won = queries.transition(
         session,
         draft.id,
