@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_bolt.response import BoltResponse
+from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import Clock, SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -27,6 +31,7 @@ from handlers.agent_api import RUNTIME
 from handlers.context import Services, arrived
 from storage.db import transaction
 
+log = logging.getLogger(__name__)
 SLACK_APP: web.AppKey[AsyncApp] = web.AppKey("slack_app", AsyncApp)
 VERIFIER: web.AppKey[SignatureVerifier] = web.AppKey("slack_verifier", SignatureVerifier)
 MAX_TIMESTAMP_DIGITS = 15  # far more than a fresh timestamp has; longer ones cannot be fresh
@@ -75,7 +80,7 @@ def build(
         process_before_response=False,
         raise_error_for_unhandled_request=False,
     )
-    app.use(_own_workspace_only(rt, denials or DenialLog()))
+    app.use(_own_workspace_only(rt, denials or DenialLog(), AppIdentity(client=client)))
     directory = Directory(client=client)
     handlers.register(
         app,
@@ -88,26 +93,65 @@ def build(
     return app
 
 
+@dataclass
+class AppIdentity:
+    """This app's id, from bots.info on the bot that auth.test named: looked up once, and again
+    at most once a minute while Slack cannot answer (until then requests are not refused for it)."""
+
+    client: AsyncWebClient
+    retry_after: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    _app_id: str | None = None
+    _failed_at: float = field(default=float("-inf"))
+
+    async def app_id(self, bot_id: str | None) -> str | None:
+        if self._app_id is not None or bot_id is None:
+            return self._app_id
+        if self.clock() - self._failed_at < self.retry_after:
+            return None
+        try:
+            response = await self.client.bots_info(bot=bot_id)
+            app_id = response["bot"]["app_id"]
+        except (SlackApiError, aiohttp.ClientError, TimeoutError, KeyError, TypeError) as exc:
+            self._failed_at = self.clock()
+            log.warning("bots.info did not say this app's id (%s); api_app_id is not checked yet", exc)
+            return None
+        self._app_id = app_id if isinstance(app_id, str) and app_id else None
+        return self._app_id
+
+
 def _own_workspace_only(
-    rt: Runtime, denials: DenialLog
-) -> Callable[[AsyncBoltContext, Callable[[], Awaitable[None]]], Awaitable[BoltResponse | None]]:
-    """Refuse a request from another workspace than the bot's (auth.test's team_id): one that
-    installed the same app, signing secret and all, must not see or decide this one's drafts."""
+    rt: Runtime, denials: DenialLog, identity: AppIdentity
+) -> Callable[..., Awaitable[BoltResponse | None]]:
+    """Refuse a request from another workspace than the bot's (auth.test's team_id), or for
+    another app than this one (its api_app_id): one that installed the same app, signing secret
+    and all, must not see or decide this one's drafts (reliability check AC-16)."""
 
     async def own_workspace_only(
-        context: AsyncBoltContext, next: Callable[[], Awaitable[None]]
+        context: AsyncBoltContext, body: dict[str, Any], next: Callable[[], Awaitable[None]]
     ) -> BoltResponse | None:
-        ours = context.authorize_result.team_id if context.authorize_result else None
-        if ours is None or context.team_id == ours:
-            await next()
-            return None
-        left_out = denials.admit()
-        if left_out is not None:
+        authorized = context.authorize_result
+        ours = authorized.team_id if authorized else None
+        if ours is not None and context.team_id != ours:
             why = f"request from workspace {context.team_id!r}, not the bot's {ours!r}"
-            await asyncio.to_thread(_deny, rt, f"slack-team:{context.team_id}", why, left_out)
-        return BoltResponse(status=401, body='{"error": "invalid request"}')
+            return await _refuse(rt, denials, f"slack-team:{context.team_id}", why)
+        theirs = body.get("api_app_id") if isinstance(body, dict) else None
+        if isinstance(theirs, str):
+            app_id = await identity.app_id(authorized.bot_id if authorized else None)
+            if app_id is not None and theirs != app_id:
+                why = f"request for app {theirs[:40]!r}, not this app {app_id!r}"
+                return await _refuse(rt, denials, f"slack-app:{theirs[:40]}", why)
+        await next()
+        return None
 
     return own_workspace_only
+
+
+async def _refuse(rt: Runtime, denials: DenialLog, actor: str, why: str) -> BoltResponse:
+    left_out = denials.admit()
+    if left_out is not None:
+        await asyncio.to_thread(_deny, rt, actor, why, left_out)
+    return BoltResponse(status=401, body='{"error": "invalid request"}')
 
 
 def _deny(rt: Runtime, actor: str, why: str, left_out: int) -> None:

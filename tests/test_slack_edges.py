@@ -152,6 +152,38 @@ async def test_a_signed_request_from_another_workspace_changes_nothing_and_is_au
     assert audit.verify(h.rt.engine).ok
 
 
+@pytest.mark.parametrize("surface", ["click", "command"])
+async def test_a_signed_request_for_another_app_changes_nothing_and_is_audited(
+    h: Harness, surface: str
+) -> None:
+    # AC-16: the same workspace, the same signing secret, but another app's api_app_id.
+    created = await h.submit()
+    await h.posted(created["id"])
+    if surface == "click":
+        payload = await h.click_payload("U0ALICE", ids.APPROVE, created["id"])
+        payload["api_app_id"] = "A0OTHER"
+        request = signing.interactive(SIGNING_SECRET, payload)
+    else:
+        fields = signing.slash_command_fields(
+            user_id="U0ADMIN", text="pause all", response_url=h.slack.response_url(kind="commands")
+        )
+        fields["api_app_id"] = "A0OTHER"
+        request = signing._signed_form(SIGNING_SECRET, urllib.parse.urlencode(fields), None)
+    status, _ = await h.post_signed(request)
+    assert status == 401
+    assert (await h.draft(created["id"]))["status"] == "pending"
+    assert (await h.submit(summary="after"))["status"] == "pending"  # not paused
+    denied = audit_actions(h, "slack.auth_denied")
+    assert len(denied) == 1 and denied[0]["actor"] == "slack-app:A0OTHER"
+    assert await h.click("U0ALICE", ids.APPROVE, created["id"]) == (200, "")  # this app's own still act
+    await h.status(created["id"], "executed")
+
+
+async def test_requests_still_act_while_slack_cannot_say_the_apps_id(h: Harness) -> None:
+    h.slack.fail("bots.info", status=500, times=1)
+    assert "Agents" in await h.command("U0ALICE", "status")
+
+
 async def test_slacks_unsigned_ssl_check_probe_gets_200_and_acts_on_nothing(h: Harness) -> None:
     response = await h.client.post(
         "/slack/events",

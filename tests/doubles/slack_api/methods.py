@@ -197,6 +197,18 @@ class _WebApiMethods:
         user = self.users.get(str(params.get("user", "")))
         return {"ok": True, "user": user} if user is not None else _error("user_not_found")
 
+    async def _bots_info(self, params: JSON) -> JSON:
+        if params.get("bot") != BOT_ID:
+            return _error("bot_not_found")
+        bot = {
+            "id": BOT_ID,
+            "deleted": False,
+            "name": "countersign",
+            "app_id": APP_ID,
+            "user_id": BOT_USER_ID,
+        }
+        return {"ok": True, "bot": bot}
+
     async def _usergroups_users_list(self, params: JSON) -> JSON:
         members = self.usergroups.get(str(params.get("usergroup", "")))
         return {"ok": True, "users": list(members)} if members is not None else _error("no_such_subteam")

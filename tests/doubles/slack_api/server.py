@@ -78,6 +78,7 @@ class SlackDouble(_WebApiMethods, _ResponseUrls, _Faults):
             "views.update": self._views_update,
             "views.publish": self._views_publish,
             "users.info": self._users_info,
+            "bots.info": self._bots_info,
             "usergroups.users.list": self._usergroups_users_list,
             "conversations.open": self._conversations_open,
             "conversations.history": self._conversations_history,

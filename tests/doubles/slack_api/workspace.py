@@ -31,6 +31,7 @@ _SCOPE_NEEDED = {
     "chat.update": "chat:write",
     "chat.postEphemeral": "chat:write",
     "users.info": "users:read",
+    "bots.info": "users:read",
     "usergroups.users.list": "usergroups:read",
     "conversations.open": "im:write",
     "conversations.history": "channels:history",
