@@ -125,56 +125,43 @@ async def test_a_manual_item_is_claimed_by_one_person_only(h: Harness) -> None:
     await h.status(created["id"], "handled")
 
 
-@pytest.mark.parametrize("surface", ["click", "command"])
-async def test_a_signed_request_from_another_workspace_changes_nothing_and_is_audited(
-    h: Harness, surface: str
-) -> None:
-    created = await h.submit()
-    await h.posted(created["id"])
-    if surface == "click":
-        payload = await h.click_payload("U0ALICE", ids.APPROVE, created["id"])
+def _foreign_click(payload: dict[str, Any], foreign: str) -> None:
+    if foreign == "workspace":
         payload["team"] = {"id": "T0OTHER", "domain": "other"}
         payload["user"]["team_id"] = "T0OTHER"
-        request = signing.interactive(SIGNING_SECRET, payload)
     else:
-        fields = signing.slash_command_fields(
-            user_id="U0ADMIN", text="pause all", response_url=h.slack.response_url(kind="commands")
-        )
-        fields["team_id"] = "T0OTHER"
-        request = signing._signed_form(SIGNING_SECRET, urllib.parse.urlencode(fields), None)
-    status, _ = await h.post_signed(request)
-    assert status == 401
-    assert (await h.draft(created["id"]))["status"] == "pending"
-    assert (await h.submit(summary="after"))["status"] == "pending"  # not paused
-    denied = audit_actions(h, "slack.auth_denied")
-    assert len(denied) == 1 and denied[0]["actor"] == "slack-team:T0OTHER"
-    assert "T0OTHER" in denied[0]["after"]["why"]
-    assert audit.verify(h.rt.engine).ok
+        payload["api_app_id"] = "A0OTHER"
 
 
 @pytest.mark.parametrize("surface", ["click", "command"])
-async def test_a_signed_request_for_another_app_changes_nothing_and_is_audited(
-    h: Harness, surface: str
+@pytest.mark.parametrize(
+    ("foreign", "actor"), [("workspace", "slack-team:T0OTHER"), ("app", "slack-app:A0OTHER")]
+)
+async def test_a_signed_request_from_another_workspace_or_app_changes_nothing_and_is_audited(
+    h: Harness, surface: str, foreign: str, actor: str
 ) -> None:
-    # AC-16: the same workspace, the same signing secret, but another app's api_app_id.
+    # AC-16: the same signing secret, but another workspace's team_id or another app's api_app_id.
     created = await h.submit()
     await h.posted(created["id"])
     if surface == "click":
         payload = await h.click_payload("U0ALICE", ids.APPROVE, created["id"])
-        payload["api_app_id"] = "A0OTHER"
+        _foreign_click(payload, foreign)
         request = signing.interactive(SIGNING_SECRET, payload)
     else:
         fields = signing.slash_command_fields(
             user_id="U0ADMIN", text="pause all", response_url=h.slack.response_url(kind="commands")
         )
-        fields["api_app_id"] = "A0OTHER"
+        key, value = ("team_id", "T0OTHER") if foreign == "workspace" else ("api_app_id", "A0OTHER")
+        fields[key] = value
         request = signing._signed_form(SIGNING_SECRET, urllib.parse.urlencode(fields), None)
     status, _ = await h.post_signed(request)
     assert status == 401
     assert (await h.draft(created["id"]))["status"] == "pending"
     assert (await h.submit(summary="after"))["status"] == "pending"  # not paused
     denied = audit_actions(h, "slack.auth_denied")
-    assert len(denied) == 1 and denied[0]["actor"] == "slack-app:A0OTHER"
+    assert len(denied) == 1 and denied[0]["actor"] == actor
+    assert actor.partition(":")[2] in denied[0]["after"]["why"]
+    assert audit.verify(h.rt.engine).ok
     assert await h.click("U0ALICE", ids.APPROVE, created["id"]) == (200, "")  # this app's own still act
     await h.status(created["id"], "executed")
 
