@@ -26,9 +26,6 @@ class Refused(Exception):
     pass
 
 
-CONFIG = policy.SET_BY_CONFIG
-
-
 def apply_config_modes(rt: Runtime) -> list[str]:
     """Bring the stored mode switches in line with the config's `mode` keys, as the server starts;
     the categories whose mode this changed.
@@ -44,15 +41,19 @@ def apply_config_modes(rt: Runtime) -> list[str]:
         with transaction(rt.engine, audited=True) as session:
             current = queries.get_control(session, f"mode:{name}")
             if category.mode == "manual" and (current is None or current.get("until") is not None):
-                value = {"mode": "manual", "by": CONFIG, "until": None}
-                queries.set_control(session, f"mode:{name}", value, by=CONFIG, at=now)
+                value = {"mode": "manual", "by": policy.SET_BY_CONFIG, "until": None}
+                queries.set_control(session, f"mode:{name}", value, by=policy.SET_BY_CONFIG, at=now)
                 action, text = (
                     "category.manual",
                     f":raising_hand: The config file sets *{name}* to manual mode.",
                 )
-            elif category.mode == "review" and current is not None and current.get("by") == CONFIG:
+            elif (
+                category.mode == "review"
+                and current is not None
+                and current.get("by") == policy.SET_BY_CONFIG
+            ):
                 value = None
-                queries.set_control(session, f"mode:{name}", None, by=CONFIG, at=now)
+                queries.set_control(session, f"mode:{name}", None, by=policy.SET_BY_CONFIG, at=now)
                 action, text = (
                     "category.review",
                     f":white_check_mark: The config file returned *{name}* to review mode.",
@@ -62,7 +63,7 @@ def apply_config_modes(rt: Runtime) -> list[str]:
             audit.append(
                 session,
                 at=now,
-                actor=CONFIG,
+                actor=policy.SET_BY_CONFIG,
                 action=action,
                 subject=f"category:{name}",
                 before=current,
