@@ -70,13 +70,27 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+@dataclass
+class SchemaCheck:
+    """Whether the database's migrations are this code's. Once they are, they stay so for this
+    process's life (nothing downgrades a database under a running server), so /readyz stops
+    asking Alembic, which costs a query and logs two lines each time."""
+
+    current: bool = False
+
+
+SCHEMA: web.AppKey[SchemaCheck] = web.AppKey("schema", SchemaCheck)
+
+
 async def readyz(request: web.Request) -> web.Response:
-    rt = request.app[agent_api.RUNTIME]
+    rt, schema = request.app[agent_api.RUNTIME], request.app[SCHEMA]
 
     def check() -> bool:
         with reader(rt.engine).connect() as conn:
             conn.execute(sa.text("SELECT 1"))
-        return migrate.is_current(rt.engine)
+        if not schema.current:
+            schema.current = migrate.is_current(rt.engine)
+        return schema.current
 
     try:
         current = await threads.read(check)
@@ -141,6 +155,7 @@ def create_app(settings: Settings, options: Options | None = None) -> web.Applic
         capacity=config.agent_rate_limit.count, per_seconds=config.agent_rate_limit.per.total_seconds()
     )
     app.router.add_get("/healthz", healthz)
+    app[SCHEMA] = SchemaCheck()
     app.router.add_get("/readyz", readyz)
     agent_api.register(app)
 

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot import agents, audit
+from storage import migrate
 from storage.tables import Draft, IdempotencyRecord
 from tests.conftest import Api, FrozenClock
 
@@ -536,3 +537,18 @@ async def test_unknown_route_and_healthz(api: Api) -> None:
     assert (await api.client.get("/healthz")).status == 200
     ready = await api.client.get("/readyz")
     assert ready.status == 200 and (await ready.json())["ok"] is True
+
+
+async def test_readyz_asks_alembic_until_the_schema_is_current_then_only_pings(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[bool] = []
+
+    def is_current(engine: object) -> bool:
+        asked.append(bool(asked))  # pending the first time, current from then on
+        return asked[-1]
+
+    monkeypatch.setattr(migrate, "is_current", is_current)
+    statuses = [(await api.client.get("/readyz")).status for _ in range(4)]
+    assert statuses == [503, 200, 200, 200]
+    assert asked == [False, True]
