@@ -32,14 +32,20 @@ class Usage:
     def check(self) -> policy.CapCheck:
         return policy.CapCheck(self.count_cap, self.amount_cap_minor, self.count_used, self.amount_used_minor)
 
+    def _capped(self) -> list[tuple[int, int]]:
+        """(used, cap) of each cap that is set: count, then amount."""
+        pairs = ((self.count_used, self.count_cap), (self.amount_used_minor, self.amount_cap_minor))
+        return [(used, cap) for used, cap in pairs if cap is not None]
+
     def peak(self) -> float:
-        """The fuller of the two caps, as a fraction of it (0.0 with no cap)."""
-        ratios = []
-        if self.count_cap:
-            ratios.append(self.count_used / self.count_cap)
-        if self.amount_cap_minor:
-            ratios.append(self.amount_used_minor / self.amount_cap_minor)
-        return max(ratios, default=0.0)
+        """The fuller of the caps as a fraction, for the 80%/100% alerts (0.0 with no cap; a zero
+        cap is left out: nothing can be reserved against it to alert about)."""
+        return max((used / cap for used, cap in self._capped() if cap), default=0.0)
+
+    def fill(self) -> float | None:
+        """The fuller of the caps as a fraction, for App Home's bar: `2/20 today · 450.00/500.00
+        USD` is 0.9. None when no cap is set; a zero cap shows full (it leaves no room)."""
+        return max((used / cap if cap > 0 else 1.0 for used, cap in self._capped()), default=None)
 
     def describe(self) -> str:
         """One line for Slack and refusals, e.g. `3/20 today · 90.00/500.00 USD`."""

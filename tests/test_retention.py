@@ -35,6 +35,22 @@ def _job(session: Session, name: str, status: str, *, age: timedelta, now_: Froz
     )
 
 
+def _stored_answers(
+    session: Session, agent_id: int, count: int, *, age: timedelta, now_: FrozenClock
+) -> None:
+    for n in range(count):
+        session.add(
+            IdempotencyRecord(
+                agent_id=agent_id,
+                key=f"key-{n}",
+                request_hash="h",
+                response_status=202,
+                response_body="{}",
+                created_at=now_() - age,
+            )
+        )
+
+
 def _remaining(rt: Runtime) -> set[str]:
     with rt.engine.connect() as conn:
         return {str(p) for (p,) in conn.execute(sa.text("SELECT payload FROM outbox_job"))}
@@ -121,17 +137,7 @@ def test_a_backlog_is_deleted_in_chunks_of_its_own_transactions(rt: Runtime, clo
         for n in range(7):
             _job(session, f"done-{n}", "done", age=timedelta(days=9), now_=clock)
         _job(session, "done-fresh", "done", age=timedelta(days=1), now_=clock)
-        for n in range(5):
-            session.add(
-                IdempotencyRecord(
-                    agent_id=agent_id,
-                    key=f"key-{n}",
-                    request_hash="h",
-                    response_status=202,
-                    response_body="{}",
-                    created_at=clock() - timedelta(days=2),
-                )
-            )
+        _stored_answers(session, agent_id, 5, age=timedelta(days=2), now_=clock)
 
     pruned = retention.prune(rt, chunk=2)
 
@@ -197,17 +203,7 @@ def test_replicas_sweeping_at_once_delete_each_row_once_without_errors(
             _job(session, f"old-{n}", "done", age=timedelta(days=8), now_=clock)
         for n in range(RECENT_JOBS):
             _job(session, f"recent-{n}", "done", age=timedelta(days=6), now_=clock)
-        for n in range(OLD_KEYS):
-            session.add(
-                IdempotencyRecord(
-                    agent_id=agent_id,
-                    key=f"key-{n}",
-                    request_hash="h",
-                    response_status=202,
-                    response_body="{}",
-                    created_at=clock() - timedelta(days=2),
-                )
-            )
+        _stored_answers(session, agent_id, OLD_KEYS, age=timedelta(days=2), now_=clock)
     context = multiprocessing.get_context("spawn")
     barrier, answers = context.Barrier(SWEEPERS), context.Queue()
     config = str(tmp_path / "countersign.toml")

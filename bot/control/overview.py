@@ -135,7 +135,7 @@ class Overview:
                         mode="manual" if manual else "review",
                         until=(mode or {}).get("until") if manual else None,
                         usage=usage.describe(),
-                        fill=_fill(usage),
+                        fill=usage.fill(),
                     )
                 )
             pending, oldest = session.execute(
@@ -188,20 +188,6 @@ class Overview:
         if unfinished:
             lines.append(f"*Also open*: {unfinished}")
         return "\n".join(lines)
-
-
-def _fill(usage: caps.Usage) -> float | None:
-    """The most used of a category's caps as a fraction, from the numbers (not the rendered line):
-    `2/20 today · 450.00/500.00 USD` is 0.9. None when it has no cap."""
-    ratios = [
-        used / cap if cap > 0 else 1.0  # caps are positive; a zero one would leave no room
-        for used, cap in (
-            (usage.count_used, usage.count_cap),
-            (usage.amount_used_minor, usage.amount_cap_minor),
-        )
-        if cap is not None
-    ]
-    return max(ratios, default=None)
 
 
 def _age(delta: timedelta) -> str:

@@ -147,6 +147,22 @@ def _said(reason: str | None) -> str:
     return f": {escape_cut(reason, REASON_CHARS)}" if reason else ""
 
 
+def _released(
+    session: Session,
+    rt: Runtime,
+    user: str,
+    now: datetime,
+    action: str,
+    subject: str,
+    why: str | None,
+    text: str,
+) -> None:
+    """Audit a brake an admin released, with the reason they gave, and announce it (`text`)."""
+    after = {"reason": why} if why else None
+    audit.append(session, at=now, actor=f"slack:{user}", action=action, subject=subject, after=after)
+    _announce(session, rt, text, now)
+
+
 def _who(by: str | None) -> str:
     return f"<@{by}>" if by and SLACK_USER.fullmatch(by) else escape(by or "someone")
 
@@ -250,17 +266,8 @@ class Switches:
                     return f"Nothing to resume: *{target}* is not paused{mine}.{held}"
                 note = held + note
             why = _reason(args[1:])
-            audit.append(
-                session,
-                at=now,
-                actor=f"slack:{user}",
-                action="agent.resumed",
-                subject=f"agent:{target}",
-                after={"reason": why} if why else None,
-            )
-            _announce(
-                session, self.rt, f":arrow_forward: <@{user}> resumed *{target}*{_said(why)}.{note}", now
-            )
+            text = f":arrow_forward: <@{user}> resumed *{target}*{_said(why)}.{note}"
+            _released(session, self.rt, user, now, "agent.resumed", f"agent:{target}", why, text)
         self.rt.wake_outbox()
         return f":arrow_forward: Resumed *{target}*.{note}"
 
@@ -326,20 +333,8 @@ class Switches:
         with transaction(self.rt.engine, audited=True) as session:
             if not queries.drop_control(session, f"mode:{category}"):
                 return f"*{category}* is already in review mode. Nothing was changed."
-            audit.append(
-                session,
-                at=now,
-                actor=f"slack:{user}",
-                action="category.review",
-                subject=f"category:{category}",
-                after={"reason": why} if why else None,
-            )
-            _announce(
-                session,
-                self.rt,
-                f":white_check_mark: <@{user}> returned *{category}* to review mode{_said(why)}.",
-                now,
-            )
+            text = f":white_check_mark: <@{user}> returned *{category}* to review mode{_said(why)}."
+            _released(session, self.rt, user, now, "category.review", f"category:{category}", why, text)
             _refresh_pending(session, now, category=category)
         self.rt.wake_outbox()
         return f"*{category}* is back in review mode."
